@@ -1,0 +1,138 @@
+"""The Flask application factory: binds extensions, blueprints and error handlers; nothing else."""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+from flask import Flask
+
+from config import Settings, load_settings
+
+log = logging.getLogger(__name__)
+
+API_TITLE = "LLM Registry"
+API_VERSION = "v1"
+MAX_JSON_BYTES = 16 * 1024 * 1024
+
+
+def _flask_config(settings: Settings) -> dict[str, Any]:
+    engine_options: dict[str, Any] = {"pool_pre_ping": True}
+    if str(settings.database_url).startswith("postgresql"):
+        # Fail fast (then 503) rather than hang when the database is unreachable.
+        engine_options.update(
+            pool_size=10,
+            max_overflow=10,
+            pool_timeout=5,
+            connect_args={"connect_timeout": 3, "options": "-c statement_timeout=30000"},
+        )
+    return {
+        "SQLALCHEMY_DATABASE_URI": settings.database_url,
+        "SQLALCHEMY_ENGINE_OPTIONS": engine_options,
+        "SQLALCHEMY_TRACK_MODIFICATIONS": False,
+        "MAX_CONTENT_LENGTH": MAX_JSON_BYTES,
+        "JWT_SECRET_KEY": settings.jwt_secret,
+        "JWT_ALGORITHM": "HS256",
+        "JWT_DECODE_ALGORITHMS": ["HS256"],
+        "JWT_ENCODE_ISSUER": settings.jwt_issuer,
+        "JWT_DECODE_ISSUER": settings.jwt_issuer,
+        "JWT_ENCODE_AUDIENCE": settings.jwt_audience,
+        "JWT_DECODE_AUDIENCE": settings.jwt_audience,
+        "JWT_ENCODE_NBF": True,
+        "JWT_ACCESS_TOKEN_EXPIRES": dt.timedelta(seconds=settings.jwt_expiration_seconds),
+        "JWT_REFRESH_TOKEN_EXPIRES": dt.timedelta(days=7),
+        "JWT_TOKEN_LOCATION": ["headers"],
+        "API_TITLE": API_TITLE,
+        "API_VERSION": API_VERSION,
+        "OPENAPI_VERSION": "3.0.3",
+        "OPENAPI_URL_PREFIX": "/",
+        "OPENAPI_JSON_PATH": "openapi.json",
+        "OPENAPI_SWAGGER_UI_PATH": "docs",
+        "OPENAPI_SWAGGER_UI_URL": "https://cdn.jsdelivr.net/npm/swagger-ui-dist/",
+    }
+
+
+def create_app(
+    settings: Settings | None = None, *, overrides: Mapping[str, Any] | None = None
+) -> Flask:
+    """Build a registry app from ``settings`` (default: defaults < TOML < environment)."""
+    from app import errors, models, observability  # noqa: F401  (models: complete metadata)
+    from app.extensions import db, jwt, make_api, migrate
+    from app.json import OrjsonProvider
+    from app.storage import blob_store_from_url
+
+    if settings is None:
+        observability.configure_logging("INFO")  # so that settings warnings are JSON too
+        settings = load_settings(overrides=overrides)
+    observability.configure_logging(settings.log_level)
+    app = Flask(__name__, static_folder=None)
+    app.json = OrjsonProvider(app)
+    app.config.update(_flask_config(settings))
+    app.extensions["registry_settings"] = settings
+    app.extensions["blob_store"] = blob_store_from_url(
+        str(settings.blob_store_url), settings.s3_endpoint_url
+    )
+    if str(settings.database_url).startswith("sqlite"):
+        from pathlib import Path
+
+        Path(str(settings.database_url).removeprefix("sqlite:///")).parent.mkdir(
+            parents=True, exist_ok=True
+        )
+
+    db.init_app(app)
+    migrate.init_app(app, db, directory=str(_migrations_dir()), render_as_batch=True)
+    jwt.init_app(app)
+    api = make_api()
+    app.extensions["api"] = api
+    api.init_app(
+        app,
+        spec_kwargs={
+            "info": {
+                "description": "Registry for LLM models, pipelines, datasets, policies "
+                "and test suites."
+            },
+            "components": {
+                "securitySchemes": {
+                    "bearerAuth": {
+                        "type": "http",
+                        "scheme": "bearer",
+                        "description": "JWT access token from /v1/auth/login",
+                    },
+                }
+            },
+        },
+    )
+    with app.app_context():
+        from app.db import install_sqlite_pragmas
+
+        install_sqlite_pragmas(db.engine)
+    _register_blueprints(api)
+    errors.register_error_handlers(app)
+    observability.install_request_hooks(app)
+    _register_commands(app)
+    return app
+
+
+def _migrations_dir() -> Any:
+    from pathlib import Path
+
+    return Path(__file__).resolve().parent.parent / "migrations"
+
+
+def _register_blueprints(api: Any) -> None:
+    from app.assets.routes import blp as assets
+    from app.auth.routes import blp as auth
+    from app.health.routes import blp as health
+    from app.jobs.routes import blp as jobs
+    from app.users.routes import blp as users
+
+    for blueprint in (health, auth, users, assets, jobs):
+        api.register_blueprint(blueprint)
+
+
+def _register_commands(app: Flask) -> None:
+    from app.users.commands import users_cli
+
+    app.cli.add_command(users_cli)

@@ -1,0 +1,503 @@
+"""Asset use cases: register, read, list, update, delete (CONTRACT.md §4).
+
+Each public function is one transaction: it commits its change together with the change's events
+(outbox) and, for a registration, the job that the pipeline will run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from sqlalchemy import Select, and_, exists, func, or_, select
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm.exc import StaleDataError
+
+from app.assets.errors import (
+    AssetAlreadyExistsError,
+    AssetNotFoundError,
+    AssetTypeMismatchError,
+    HasDependentsError,
+    StatusTransitionError,
+)
+from app.assets.models import (
+    GOVERNANCE_TYPES,
+    Asset,
+    AssetDependency,
+    AssetName,
+    AssetTag,
+)
+from app.assets.semver import parse_version, sort_key, without_build
+from app.auth.identity import Identity
+from app.db import DbSession, utcnow
+from app.errors import ConflictError, ForbiddenError, PreconditionFailedError, ValidationFailedError
+from app.events.service import record_event
+from app.extensions import db
+from app.jobs.models import REGISTRATION_STEPS, Job, JobStep
+from app.paging import Page, SortKey, paginate
+from app.storage import BlobStore, digest_key
+
+# PATCH status transitions: current -> allowed targets.
+TRANSITIONS: dict[str, frozenset[str]] = {
+    "active": frozenset({"deprecated", "archived"}),
+    "deprecated": frozenset({"active", "archived"}),
+}
+LIVE_DEPENDENT_STATUSES = ("pending", "validating", "active", "deprecated")
+
+
+@dataclasses.dataclass(frozen=True)
+class Registration:
+    asset: Asset
+    job: Job
+
+
+def _check_governance(asset_type: str, actor: Identity) -> None:
+    if asset_type in GOVERNANCE_TYPES and not actor.can("policy:write"):
+        raise ForbiddenError(f"registering or changing a {asset_type} needs policy:write")
+
+
+def _check_content(data: Mapping[str, Any], store: BlobStore) -> None:
+    """Content is ``storage.uri`` inside our store, or a checksum naming a stored blob."""
+    checksum, storage = data.get("checksum"), data.get("storage")
+    if storage:
+        if store.key_for_uri(storage["uri"]) is None:
+            raise ValidationFailedError(
+                {"storage.uri": [f"must point inside the registry's blob store {store.url}"]}
+            )
+    elif checksum:
+        if checksum["algorithm"] != "SHA256":
+            raise ValidationFailedError(
+                {"checksum.algorithm": ["must be SHA256 when no storage.uri is given"]}
+            )
+        if not store.exists(digest_key(checksum["value"])):
+            raise ValidationFailedError(
+                {
+                    "checksum.value": [
+                        "no blob with this SHA-256 is stored; upload it with POST /v1/blobs "
+                        "or give storage.uri"
+                    ]
+                }
+            )
+
+
+def _claim_name(session: DbSession, name: str, asset_type: str) -> None:
+    """Pin the name to its first type; a concurrent first registration waits on the row."""
+    insert = postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
+    session.execute(
+        insert(AssetName)
+        .values(name=name, asset_type=asset_type, created_at=utcnow())
+        .on_conflict_do_nothing(index_elements=["name"])
+    )
+    existing = session.scalar(select(AssetName.asset_type).where(AssetName.name == name))
+    if existing != asset_type:
+        raise AssetTypeMismatchError(name, str(existing), asset_type)
+
+
+def _visible_duplicate_id(session: DbSession, name: str, key: str, actor: Identity) -> str | None:
+    row = session.execute(
+        select(Asset.id, Asset.deleted_at).where(Asset.name == name, Asset.version_key == key)
+    ).first()
+    if row is None:
+        return None
+    return row.id if row.deleted_at is None or actor.can("asset:read_deleted") else ""
+
+
+def register_asset(data: Mapping[str, Any], actor: Identity, store: BlobStore) -> Registration:
+    """Record a new asset version as ``pending`` with its queued registration job (commits).
+
+    Called by ``POST /v1/assets`` with a body the schema validated. Raises
+    ``AssetAlreadyExistsError`` for a taken (name, version), also when a concurrent request
+    took it first; ``AssetTypeMismatchError`` when the name holds another type;
+    ``ValidationFailedError`` for content the store does not have.
+    """
+    _check_governance(data["asset_type"], actor)
+    _check_content(data, store)
+    session = db.session
+    version = parse_version(data["version"])
+    key = without_build(version)
+    name = data["name"]
+    try:
+        _claim_name(session, name, data["asset_type"])
+        duplicate = _visible_duplicate_id(session, name, key, actor)
+        if duplicate is not None:
+            raise AssetAlreadyExistsError(name, data["version"], duplicate or None)
+        now = utcnow()
+        checksum = data.get("checksum") or {}
+        provenance = _provenance_document(data.get("provenance"))
+        asset = Asset(
+            asset_type=data["asset_type"],
+            name=name,
+            version=str(version),
+            version_key=key,
+            version_sort=sort_key(version),
+            prerelease=bool(version.prerelease),
+            description=data.get("description"),
+            license=data.get("license"),
+            annotations=dict(data.get("annotations") or {}),
+            content_type=data.get("content_type"),
+            size_bytes=data.get("size_bytes"),
+            checksum_algorithm=checksum.get("algorithm"),
+            checksum_value=checksum.get("value"),
+            storage_uri=(data.get("storage") or {}).get("uri"),
+            provenance=provenance,
+            provenance_author=(provenance or {}).get("author"),
+            spec=data.get("spec"),
+            status="pending",
+            compliance_status="unknown",
+            created_by=actor.username,
+            created_at=now,
+            updated_at=now,
+        )
+        asset.tag_rows = [AssetTag(tag=t, position=i) for i, t in enumerate(data["tags"])]
+        asset.dependency_rows = _dependency_rows(session, data["dependencies"])
+        session.add(asset)
+        session.flush()
+        job = Job(
+            kind="registration",
+            asset_id=asset.id,
+            status="queued",
+            created_by=actor.username,
+            created_at=now,
+        )
+        job.steps = [JobStep(position=i, name=n) for i, n in enumerate(REGISTRATION_STEPS)]
+        session.add(job)
+        record_event(
+            session,
+            "asset_registered",
+            asset.id,
+            {
+                "name": name,
+                "version": asset.version,
+                "asset_type": asset.asset_type,
+                "job_id": job.id,
+            },
+        )
+        session.commit()
+    except IntegrityError:
+        session.rollback()
+        duplicate = _visible_duplicate_id(session, name, key, actor)
+        if duplicate is None:
+            raise
+        raise AssetAlreadyExistsError(name, data["version"], duplicate or None) from None
+    except Exception:
+        session.rollback()
+        raise
+    return Registration(asset=asset, job=job)
+
+
+def _provenance_document(provenance: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    if provenance is None:
+        return None
+    doc = dict(provenance)
+    if isinstance(doc.get("created_at"), dt.datetime):
+        doc["created_at"] = doc["created_at"].isoformat().replace("+00:00", "Z")
+    if doc.get("commit_hash"):
+        doc["commit_hash"] = doc["commit_hash"].lower()
+    return doc
+
+
+def _dependency_rows(
+    session: DbSession, refs: Sequence[Mapping[str, Any]]
+) -> list[AssetDependency]:
+    """Declared edges. An ``{id}`` ref shows the target's name and type at once when it exists;
+    resolution and locking happen in the pipeline's ``dependencies`` step."""
+    ids = [ref["id"] for ref in refs if "id" in ref]
+    known = (
+        {
+            row.id: row
+            for row in session.execute(
+                select(Asset.id, Asset.name, Asset.asset_type).where(
+                    Asset.id.in_(ids), Asset.deleted_at.is_(None)
+                )
+            )
+        }
+        if ids
+        else {}
+    )
+    rows = []
+    for position, ref in enumerate(refs):
+        if "id" in ref:
+            target = known.get(ref["id"])
+            rows.append(
+                AssetDependency(
+                    position=position,
+                    ref_id=ref["id"],
+                    name=target.name if target else None,
+                    asset_type=target.asset_type if target else None,
+                )
+            )
+        else:
+            rows.append(
+                AssetDependency(
+                    position=position,
+                    name=ref["name"],
+                    asset_type=ref.get("asset_type"),
+                    version_range=ref["version"],
+                )
+            )
+    return rows
+
+
+# ---- reads -----------------------------------------------------------------------------------
+
+
+def get_asset(asset_id: str, *, include_deleted: bool = False) -> Asset:
+    """The asset with this id; ``AssetNotFoundError`` when there is none (or it is deleted)."""
+    asset = db.session.get(Asset, asset_id)
+    if asset is None or (asset.deleted_at is not None and not include_deleted):
+        raise AssetNotFoundError(asset_id)
+    return asset
+
+
+def read_asset(asset_id: str, actor: Identity, include_deleted: bool) -> Asset:
+    """``GET /v1/assets/{id}``: deleted assets only for admins who ask for them."""
+    if include_deleted and not actor.can("asset:read_deleted"):
+        raise ForbiddenError("only admins may read deleted assets")
+    return get_asset(asset_id, include_deleted=include_deleted)
+
+
+def _sort_keys(sort: str, descending: bool) -> list[SortKey]:
+    first = {
+        "created_at": SortKey(Asset.created_at, lambda a: a.created_at, "datetime", descending),
+        "updated_at": SortKey(Asset.updated_at, lambda a: a.updated_at, "datetime", descending),
+        "name": SortKey(Asset.name, lambda a: a.name, "str", descending),
+        "version": SortKey(Asset.version_sort, lambda a: a.version_sort, "bytes", descending),
+        "size_bytes": SortKey(
+            Asset.size_bytes, lambda a: a.size_bytes, "int", descending, nullable=True
+        ),
+    }[sort]
+    return [first, SortKey(Asset.id, lambda a: a.id, "str", descending)]
+
+
+def _escape_like(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
+def list_assets(args: Mapping[str, Any], actor: Identity) -> Page[Asset]:
+    """A filtered, sorted page of assets (``GET /v1/assets``). Deleted ones only for admins who
+    ask with ``include_deleted``."""
+    if args.get("include_deleted") and not actor.can("asset:read_deleted"):
+        raise ForbiddenError("only admins may list deleted assets")
+    stmt: Select[Any] = select(Asset)
+    if not args.get("include_deleted"):
+        stmt = stmt.where(Asset.deleted_at.is_(None))
+    for field in ("asset_type", "name", "status"):
+        if args.get(field):
+            stmt = stmt.where(getattr(Asset, field) == args[field])
+    if args.get("compliance"):
+        stmt = stmt.where(Asset.compliance_status == args["compliance"])
+    for tag in args.get("tag") or ():
+        stmt = stmt.where(exists().where(AssetTag.asset_id == Asset.id, AssetTag.tag == tag))
+    if args.get("author"):
+        stmt = stmt.where(
+            or_(Asset.provenance_author == args["author"], Asset.created_by == args["author"])
+        )
+    if args.get("q"):
+        pattern = f"%{_escape_like(args['q'].lower())}%"
+        stmt = stmt.where(
+            or_(
+                func.lower(Asset.name).like(pattern, escape="\\"),
+                func.lower(func.coalesce(Asset.description, "")).like(pattern, escape="\\"),
+            )
+        )
+    if args.get("created_after"):
+        stmt = stmt.where(Asset.created_at > args["created_after"])
+    if args.get("created_before"):
+        stmt = stmt.where(Asset.created_at < args["created_before"])
+    sort = args.get("sort") or "created_at"
+    order = args.get("order") or ("asc" if sort == "name" else "desc")
+    bound = {k: v for k, v in args.items() if k not in ("limit", "cursor")}
+    bound["order"] = order
+    return paginate(
+        db.session,
+        stmt,
+        _sort_keys(sort, order == "desc"),
+        limit=args["limit"],
+        cursor=args.get("cursor"),
+        bound_to=bound,
+    )
+
+
+def list_versions(name: str, limit: int, cursor: str | None) -> Page[Asset]:
+    """Every non-deleted version of ``name``, highest SemVer first; 404 for an unknown name."""
+    stmt = select(Asset).where(Asset.name == name, Asset.deleted_at.is_(None))
+    page = paginate(
+        db.session,
+        stmt,
+        _sort_keys("version", True),
+        limit=limit,
+        cursor=cursor,
+        bound_to={"name": name},
+    )
+    if page.total == 0:
+        raise AssetNotFoundError(name)
+    return page
+
+
+def latest_version(name: str) -> Asset:
+    """The highest active release of ``name``, else its highest active pre-release."""
+    for prerelease in (False, True):
+        asset = db.session.scalar(
+            select(Asset)
+            .where(
+                Asset.name == name,
+                Asset.status == "active",
+                Asset.prerelease.is_(prerelease),
+                Asset.deleted_at.is_(None),
+            )
+            .order_by(Asset.version_sort.desc())
+            .limit(1)
+        )
+        if asset is not None:
+            return asset
+    raise AssetNotFoundError(f"{name} has no active version; {name}")
+
+
+def get_version(name: str, version: str) -> Asset:
+    """``name`` at ``version`` (build metadata ignored)."""
+    try:
+        key = without_build(parse_version(version))
+    except ValueError:
+        raise AssetNotFoundError(f"{name} {version}") from None
+    asset = db.session.scalar(
+        select(Asset).where(
+            Asset.name == name, Asset.version_key == key, Asset.deleted_at.is_(None)
+        )
+    )
+    if asset is None:
+        raise AssetNotFoundError(f"{name} {version}")
+    return asset
+
+
+# ---- changes ---------------------------------------------------------------------------------
+
+
+def update_asset(
+    asset_id: str, changes: Mapping[str, Any], actor: Identity, if_match: list[str] | None
+) -> Asset:
+    """Apply a PATCH (commits): replace tags, merge annotations (null deletes a key), move the
+    status along the allowed transitions. Writes ``asset_updated`` and/or
+    ``asset_status_changed``. Raises 412 for a stale ``If-Match``, 409 for a forbidden transition.
+    """
+    session = db.session
+    asset = get_asset(asset_id)
+    _check_governance(asset.asset_type, actor)
+    if if_match is not None and "*" not in if_match and asset.etag not in if_match:
+        raise PreconditionFailedError(
+            f"the asset changed: its ETag is now {asset.etag}; re-read it and retry"
+        )
+    now = utcnow()
+    updated: list[str] = []
+    for field in ("description", "license"):
+        if field in changes and getattr(asset, field) != changes[field]:
+            setattr(asset, field, changes[field])
+            updated.append(field)
+    if "tags" in changes and asset.tags != changes["tags"]:
+        _replace_tags(asset, changes["tags"])
+        updated.append("tags")
+    if "annotations" in changes:
+        merged = dict(asset.annotations)
+        for key, value in changes["annotations"].items():
+            if value is None:
+                merged.pop(key, None)
+            else:
+                merged[key] = value
+        if merged != asset.annotations:
+            asset.annotations = merged
+            updated.append("annotations")
+    status_change = None
+    if "status" in changes and changes["status"] != asset.status:
+        target = changes["status"]
+        if target not in TRANSITIONS.get(asset.status, frozenset()):
+            raise StatusTransitionError(asset.status, target)
+        status_change = (asset.status, target)
+        asset.status = target
+        if target == "deprecated":
+            asset.deprecated_at = now
+        elif target == "active":
+            asset.deprecated_at = None
+    if not updated and status_change is None:
+        return asset
+    asset.updated_at = now
+    if updated:
+        record_event(session, "asset_updated", asset.id, {"fields": updated})
+    if status_change:
+        record_event(
+            session,
+            "asset_status_changed",
+            asset.id,
+            {"from": status_change[0], "to": status_change[1]},
+        )
+    try:
+        session.commit()
+    except StaleDataError:
+        session.rollback()
+        if if_match is not None:
+            raise PreconditionFailedError("the asset changed while this update ran") from None
+        raise ConflictError("the asset changed while this update ran; retry") from None
+    return asset
+
+
+def _replace_tags(asset: Asset, tags: list[str]) -> None:
+    # Keep the rows of tags that stay: deleting and re-inserting one primary key in a single
+    # flush would collide.
+    existing = {row.tag: row for row in asset.tag_rows}
+    rows = []
+    for position, tag in enumerate(tags):
+        row = existing.get(tag) or AssetTag(tag=tag)
+        row.position = position
+        rows.append(row)
+    asset.tag_rows = rows
+
+
+def delete_asset(asset_id: str, actor: Identity, force: bool) -> None:
+    """Soft-delete (commits): the asset leaves reads and lists, its (name, version) stays
+    reserved and its blob is kept. ``HasDependentsError`` while live assets depend on it, unless
+    an admin forces it."""
+    if force and not actor.can("asset:force_delete"):
+        raise ForbiddenError("only admins may force a delete")
+    session = db.session
+    asset = get_asset(asset_id)
+    _check_governance(asset.asset_type, actor)
+    dependent = live_dependents(session, asset.id)
+    if dependent and not force:
+        raise HasDependentsError(
+            f"{len(dependent)} live asset(s) depend on {asset.name} {asset.version} "
+            f"(e.g. {', '.join(dependent[:5])}); delete them first or use ?force=true (admin)",
+            dependents=dependent[:50],
+        )
+    asset.deleted_at = utcnow()
+    asset.deleted_by = actor.username
+    asset.updated_at = asset.deleted_at
+    record_event(
+        session,
+        "asset_deleted",
+        asset.id,
+        {"name": asset.name, "version": asset.version, "forced": bool(force and dependent)},
+    )
+    try:
+        session.commit()
+    except StaleDataError:
+        session.rollback()
+        raise ConflictError("the asset changed while it was being deleted; retry") from None
+
+
+def live_dependents(session: DbSession, asset_id: str) -> list[str]:
+    """Ids of live (not deleted, not rejected/archived) assets whose locked edges point here."""
+    rows = session.scalars(
+        select(Asset.id)
+        .join(AssetDependency, AssetDependency.asset_id == Asset.id)
+        .where(
+            and_(
+                AssetDependency.resolved_id == asset_id,
+                Asset.deleted_at.is_(None),
+                Asset.status.in_(LIVE_DEPENDENT_STATUSES),
+            )
+        )
+        .distinct()
+        .limit(51)
+    )
+    return list(rows)

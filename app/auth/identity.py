@@ -1,0 +1,94 @@
+"""Who is calling: resolve the request's credentials to an Identity, once per request.
+
+Roles and the disabled flag come from the database on every request, so a demotion or a disable
+takes effect at once. API keys (a later issue) resolve here too, to the same Identity shape.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+
+from flask import g, request
+from flask_jwt_extended import decode_token
+from flask_jwt_extended.exceptions import JWTExtendedException
+from jwt import PyJWTError
+
+from app.auth.permissions import allows, highest_role, permissions_of
+from app.errors import ForbiddenError, UnauthorizedError
+from app.extensions import db
+from app.users.models import User
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class Identity:
+    user_id: str
+    username: str
+    role: str
+    roles: tuple[str, ...]
+    permissions: frozenset[str]
+    kind: str = "user"  # "user" (JWT) or "apikey"
+    token_jti: str | None = None
+
+    def can(self, permission: str) -> bool:
+        return allows(self.permissions, permission)
+
+    @property
+    def is_admin(self) -> bool:
+        return self.role == "admin"
+
+
+def _bearer_token() -> str | None:
+    header = request.headers.get("Authorization")
+    if header is None:
+        return None
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise UnauthorizedError("the Authorization header must be 'Bearer <token>'")
+    return token.strip()
+
+
+def _identity_from_jwt(token: str) -> Identity:
+    try:
+        claims = decode_token(token)
+    except (PyJWTError, JWTExtendedException, ValueError, UnicodeError):
+        raise UnauthorizedError("the access token is invalid or expired") from None
+    if claims.get("type") != "access":
+        raise UnauthorizedError("an access token is required")
+    user = db.session.get(User, str(claims.get("sub")))
+    if user is None or user.disabled:
+        raise UnauthorizedError("the access token is invalid or expired")
+    role = highest_role(user.roles)
+    if role is None:
+        raise UnauthorizedError("the user has no role")
+    return Identity(
+        user_id=user.id,
+        username=user.username,
+        role=role,
+        roles=tuple(user.roles),
+        permissions=permissions_of(role),
+        token_jti=claims.get("jti"),
+    )
+
+
+def current_identity() -> Identity:
+    """The authenticated caller of this request; raises ``UnauthorizedError`` (401) otherwise."""
+    cached = g.get("identity")
+    if cached is not None:
+        return cached  # type: ignore[no-any-return]
+    token = _bearer_token()
+    if token is None:
+        raise UnauthorizedError("authentication is required")
+    identity = _identity_from_jwt(token)
+    g.identity = identity
+    return identity
+
+
+def require_permission(permission: str | None) -> Identity:
+    """401 without valid credentials, 403 when the caller's role lacks ``permission``."""
+    identity = current_identity()
+    if permission is not None and not identity.can(permission):
+        raise ForbiddenError(f"the {identity.role} role lacks the {permission} permission")
+    return identity

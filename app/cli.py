@@ -1,0 +1,235 @@
+"""The ``llm-registry`` console script: ``serve``, ``migrate``, ``worker``, ``beat`` and ``run``
+(everything for one machine, as ``make run`` uses it). Each takes ``--config FILE``."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+
+from config import ConfigError, Settings, load_settings
+
+
+def _settings(config: str | None, **overrides: Any) -> Settings:
+    try:
+        return load_settings(config, overrides=overrides)
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+config_option = click.option(
+    "--config",
+    "config",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="TOML settings file (keys are the env names in lower case).",
+)
+
+
+@click.group()
+def main() -> None:
+    """LLM Registry processes."""
+    from app.observability import configure_logging
+
+    configure_logging(os.environ.get("LOG_LEVEL", "INFO").upper())
+
+
+@main.command()
+@config_option
+def migrate(config: str | None) -> None:
+    """Upgrade the database schema to the newest migration."""
+    migrate_database(_settings(config))
+    click.echo("database is at the newest migration")
+
+
+def migrate_database(settings: Settings) -> None:
+    from flask_migrate import upgrade
+
+    from app import create_app
+
+    app = create_app(settings)
+    with app.app_context():
+        upgrade()
+        from app.extensions import db
+
+        db.engine.dispose()
+
+
+def _bootstrap_admin(settings: Settings) -> str | None:
+    """Create the first admin from the settings; returns its username when created."""
+    from app import create_app
+    from app.extensions import db
+    from app.users.service import ensure_first_admin
+
+    app = create_app(settings)
+    with app.app_context():
+        user = ensure_first_admin(
+            settings.registry_admin_username, settings.registry_admin_password
+        )
+        db.engine.dispose()  # no pooled connection may cross the fork into the server workers
+    return user.username if user else None
+
+
+@main.command()
+@config_option
+@click.option("--host", default=None, help="Address to bind (SERVER_HOST).")
+@click.option("--port", type=int, default=None, help="Port to bind (SERVER_PORT).")
+@click.option("--workers", type=int, default=None, help="Server processes (default: 2 x CPUs).")
+@click.option("--threads", type=int, default=4, show_default=True, help="Threads per process.")
+def serve(
+    config: str | None, host: str | None, port: int | None, workers: int | None, threads: int
+) -> None:
+    """Serve the HTTP API with gunicorn."""
+    settings = _settings(config, server_host=host, server_port=port)
+    _bootstrap_admin(settings)
+    serve_http(settings, workers or 2 * (os.cpu_count() or 1), threads)
+
+
+def serve_http(settings: Settings, workers: int, threads: int) -> None:
+    from gunicorn.app.base import BaseApplication
+
+    class Server(BaseApplication):
+        def load_config(self) -> None:
+            self.cfg.set("bind", f"{settings.server_host}:{settings.server_port}")
+            self.cfg.set("workers", workers)
+            self.cfg.set("threads", threads)
+            self.cfg.set("worker_class", "gthread" if threads > 1 else "sync")
+            self.cfg.set("timeout", 120)
+            self.cfg.set("graceful_timeout", 20)
+            self.cfg.set("accesslog", None)  # the app logs one JSON line per request
+            self.cfg.set("logconfig_dict", _gunicorn_logging(settings.log_level))
+
+        def load(self) -> Any:
+            from app import create_app
+
+            return create_app(settings)
+
+    Server().run()
+
+
+def _gunicorn_logging(level: str) -> dict[str, Any]:
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "formatters": {
+            "json": {
+                "()": "pythonjsonlogger.json.JsonFormatter",
+                "fmt": "{asctime}{levelname}{name}{message}",
+                "style": "{",
+                "rename_fields": {"asctime": "timestamp", "levelname": "level", "name": "logger"},
+            }
+        },
+        "handlers": {
+            "stderr": {
+                "class": "logging.StreamHandler",
+                "formatter": "json",
+                "stream": "ext://sys.stderr",
+            }
+        },
+        "root": {"level": level, "handlers": ["stderr"]},
+        "loggers": {
+            "gunicorn.error": {"level": level, "handlers": ["stderr"], "propagate": False},
+            "gunicorn.access": {"level": "WARNING", "handlers": ["stderr"], "propagate": False},
+        },
+    }
+
+
+@main.command()
+@config_option
+@click.option("--host", default=None, help="Address to bind (SERVER_HOST).")
+@click.option("--port", type=int, default=None, help="Port to bind (SERVER_PORT).")
+def run(config: str | None, host: str | None, port: int | None) -> None:
+    """Everything on one machine: migrate, create the first admin, serve the API.
+
+    The processes run as children of this one and stop with it (Ctrl-C).
+    """
+    os.environ.setdefault("REGISTRY_ENV", "development")
+    settings = _settings(config, server_host=host, server_port=port)
+    migrate_database(settings)
+    username, password_note = _first_admin_for_run(settings)
+    local = settings.server_host in ("127.0.0.1", "0.0.0.0")
+    base = f"http://{'localhost' if local else settings.server_host}:{settings.server_port}"
+    click.echo(
+        f"\nLLM Registry on {base}  (API docs: {base}/docs)\n"
+        f"Log in as {username!r} {password_note}:\n"
+        f"  curl -s -X POST {base}/v1/auth/login -H 'Content-Type: application/json' \\\n"
+        f'       -d \'{{"username": "{username}", "password": "<password>"}}\'\n'
+        "Then send 'Authorization: Bearer <access_token>' with every /v1 request.\n",
+        err=True,
+    )
+    exe = shutil.which("llm-registry") or sys.argv[0]
+    args = [exe, "serve", "--workers", "2"]
+    if config:
+        args += ["--config", config]
+    env = dict(
+        os.environ, SERVER_HOST=str(settings.server_host), SERVER_PORT=str(settings.server_port)
+    )
+    _supervise([args], env)
+
+
+def _first_admin_for_run(settings: Settings) -> tuple[str, str]:
+    """In development, invent the first admin's password if none was given, and keep it under
+    ./var so the next ``make run`` can say it again."""
+    username = settings.registry_admin_username or "admin"
+    password_file = Path(settings.var_dir) / "admin-password"
+    password = settings.registry_admin_password
+    if password is None and password_file.is_file():
+        password = password_file.read_text().strip()
+    generated = password is None
+    if password is None:
+        password = secrets.token_urlsafe(12)
+    import dataclasses
+
+    created = _bootstrap_admin(
+        dataclasses.replace(
+            settings, registry_admin_username=username, registry_admin_password=password
+        )
+    )
+    if created and generated:
+        password_file.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(password_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(password + "\n")
+    if settings.registry_admin_password:
+        return username, "with REGISTRY_ADMIN_PASSWORD"
+    if password_file.is_file():
+        return username, f"with the password in {password_file} ({password})"
+    return username, "with the password you gave it"
+
+
+def _supervise(commands: list[list[str]], env: dict[str, str]) -> None:
+    """Run ``commands`` as one process group: if one exits, stop the others; Ctrl-C stops all."""
+    children = [subprocess.Popen(cmd, env=env) for cmd in commands]
+
+    def stop(*_: Any) -> None:
+        for child in children:
+            if child.poll() is None:
+                child.terminate()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    try:
+        while all(child.poll() is None for child in children):
+            time.sleep(0.5)
+    finally:
+        stop()
+        deadline = time.monotonic() + 20
+        for child in children:
+            try:
+                child.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                child.kill()
+    codes = [child.returncode for child in children]
+    sys.exit(next((c for c in codes if c not in (0, -signal.SIGTERM)), 0))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,19 @@
+"""Per-request (or per-task) context that services and log lines read without touching Flask:
+the request id and the acting user. Set by the HTTP hooks and by the Celery task wrapper."""
+
+from __future__ import annotations
+
+from contextvars import ContextVar
+
+request_id_var: ContextVar[str | None] = ContextVar("request_id", default=None)
+actor_var: ContextVar[str | None] = ContextVar("actor", default=None)
+
+
+def current_trace_id() -> str | None:
+    """The active OpenTelemetry trace id as 32 hex characters, or None outside a trace."""
+    try:
+        from opentelemetry import trace
+    except ImportError:  # pragma: no cover - opentelemetry is a hard dependency
+        return None
+    context = trace.get_current_span().get_span_context()
+    return f"{context.trace_id:032x}" if context.trace_id else None

@@ -1,0 +1,20 @@
+"""Extension singletons, bound to the app by create_app."""
+
+from __future__ import annotations
+
+from flask_jwt_extended import JWTManager
+from flask_migrate import Migrate
+from flask_sqlalchemy import SQLAlchemy
+
+from app.db import Base
+from app.openapi import RegistryApi
+
+db = SQLAlchemy(metadata=Base.metadata)
+migrate = Migrate()
+jwt = JWTManager()
+
+
+def make_api() -> RegistryApi:
+    """flask-smorest's Api binds to a single app (its spec and blueprints), so unlike the
+    extensions above it is made per app by create_app; reach it as ``app.extensions["api"]``."""
+    return RegistryApi()

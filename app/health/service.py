@@ -1,0 +1,168 @@
+"""Health checks of each part the registry talks to (CONTRACT.md §8).
+
+Every check is bounded by a short timeout so that a dead dependency makes ``/health`` slow by at
+most a second or two, never hang.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import socket
+import subprocess
+import time
+from collections.abc import Callable
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from sqlalchemy import text
+
+from app.extensions import db
+from config import Settings
+
+TIMEOUT_SECONDS = 2.0
+
+
+def _timed(check: Callable[[], str | None]) -> dict[str, Any]:
+    started = time.perf_counter()
+    try:
+        message = check()
+    except Exception as exc:  # a health check reports failures; it never raises
+        return {
+            "status": "error",
+            "latency_ms": round((time.perf_counter() - started) * 1000, 2),
+            "message": f"{exc.__class__.__name__}: {str(exc)[:200]}",
+        }
+    result: dict[str, Any] = {
+        "status": "ok",
+        "latency_ms": round((time.perf_counter() - started) * 1000, 2),
+    }
+    if message:
+        result["message"] = message
+    return result
+
+
+def _database() -> str | None:
+    db.session.execute(text("SELECT 1"))
+    db.session.rollback()
+    return None
+
+
+def _redis(url: str) -> Callable[[], str | None]:
+    def check() -> str | None:
+        import redis
+
+        client = redis.Redis.from_url(
+            url, socket_timeout=TIMEOUT_SECONDS, socket_connect_timeout=TIMEOUT_SECONDS
+        )
+        try:
+            client.ping()
+        finally:
+            client.close()
+        return None
+
+    return check
+
+
+def _tcp_banner(url: str, default_port: int) -> Callable[[], str | None]:
+    def check() -> str | None:
+        parts = urlsplit(url)
+        with socket.create_connection(
+            (parts.hostname or "127.0.0.1", parts.port or default_port), timeout=TIMEOUT_SECONDS
+        ) as sock:
+            sock.settimeout(TIMEOUT_SECONDS)
+            banner = sock.recv(256)
+        if not banner.startswith(b"INFO "):
+            raise ConnectionError("the server did not greet as NATS")
+        return None
+
+    return check
+
+
+def _blob_store(settings: Settings) -> Callable[[], str | None]:
+    def check() -> str | None:
+        from app.storage import LocalBlobStore, S3BlobStore, blob_store_from_url
+
+        store = blob_store_from_url(str(settings.blob_store_url), settings.s3_endpoint_url)
+        if isinstance(store, LocalBlobStore):
+            store.root.mkdir(parents=True, exist_ok=True)
+            if not os.access(store.root, os.W_OK):
+                raise PermissionError(f"{store.root} is not writable")
+        elif isinstance(store, S3BlobStore):
+            store.client.head_bucket(Bucket=store.bucket)
+        return None
+
+    return check
+
+
+def _broker_check(settings: Settings) -> dict[str, Any]:
+    url = settings.celery_broker_url
+    if url and url.startswith(("redis://", "rediss://")):
+        return _timed(_redis(url))
+    return {"status": "disabled"}
+
+
+def health(settings: Settings) -> dict[str, Any]:
+    """The ``/health`` document; ``unhealthy`` only when the database is down."""
+    checks: dict[str, dict[str, Any]] = {"database": _timed(_database)}
+    checks["redis"] = (
+        _timed(_redis(settings.redis_url)) if settings.redis_url else {"status": "disabled"}
+    )
+    checks["broker"] = _broker_check(settings)
+    checks["blob_store"] = _timed(_blob_store(settings))
+    checks["nats"] = (
+        _timed(_tcp_banner(settings.nats_url, 4222))
+        if settings.nats_url
+        else {"status": "disabled"}
+    )
+    if checks["database"]["status"] != "ok":
+        status = "unhealthy"
+    elif any(c["status"] == "error" for c in checks.values()):
+        status = "degraded"
+    else:
+        status = "healthy"
+    return {"status": status, "version": build_info()["version"], "checks": checks}
+
+
+def readiness(settings: Settings) -> dict[str, dict[str, Any]]:
+    return {"database": _timed(_database), "broker": _broker_check(settings)}
+
+
+@functools.cache
+def build_info() -> dict[str, Any]:
+    """Version and build of this process, read once."""
+    try:
+        version = metadata.version("llm-registry")
+    except metadata.PackageNotFoundError:
+        version = "0.0.0+unknown"
+    root = Path(__file__).resolve().parents[2]
+    git_sha = None
+    build_file = root / "BUILD_INFO"
+    build_timestamp = None
+    if build_file.is_file():  # written by the container build
+        fields = dict(
+            line.split("=", 1) for line in build_file.read_text().splitlines() if "=" in line
+        )
+        git_sha, build_timestamp = fields.get("git_sha"), fields.get("build_timestamp")
+    elif (root / ".git").exists():
+        try:
+            git_sha = (
+                subprocess.run(
+                    ["git", "-C", str(root), "rev-parse", "HEAD"],
+                    capture_output=True,
+                    text=True,
+                    timeout=5,
+                    check=True,
+                ).stdout.strip()
+                or None
+            )
+        except (OSError, subprocess.SubprocessError):
+            git_sha = None
+    return {
+        "version": version,
+        "api_version": "v1",
+        "git_sha": git_sha,
+        "build_timestamp": build_timestamp,
+    }

@@ -1,0 +1,32 @@
+"""Small HTTP helpers shared by routes: conditional requests (ETag / If-Match / If-None-Match)."""
+
+from __future__ import annotations
+
+import re
+
+from flask import request
+
+from app.errors import InvalidInputError
+
+_ETAG_LIST = re.compile(r'^\s*(\*|(W/)?"[^"]*"(\s*,\s*(W/)?"[^"]*")*)\s*$')
+
+
+def _parse(header: str, name: str) -> list[str]:
+    if not _ETAG_LIST.match(header):
+        raise InvalidInputError(f"the {name} header must be * or a list of quoted entity tags")
+    return [tag.strip() for tag in header.split(",")]
+
+
+def if_match_values() -> list[str] | None:
+    """The entity tags of ``If-Match`` (strong comparison), or None when the header is absent."""
+    header = request.headers.get("If-Match")
+    return None if header is None else _parse(header, "If-Match")
+
+
+def not_modified(etag: str) -> bool:
+    """Whether ``If-None-Match`` matches ``etag`` (weak comparison, RFC 9110 §13.1.2)."""
+    header = request.headers.get("If-None-Match")
+    if header is None:
+        return False
+    tags = _parse(header, "If-None-Match")
+    return "*" in tags or etag in {tag.removeprefix("W/") for tag in tags}

@@ -1,0 +1,21 @@
+"""orjson as Flask's JSON provider: faster responses, RFC 3339 timestamps, no NaN."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from flask.json.provider import JSONProvider
+
+
+class OrjsonProvider(JSONProvider):
+    def dumps(self, obj: Any, **kwargs: Any) -> str:
+        return orjson.dumps(obj, option=orjson.OPT_NON_STR_KEYS).decode()
+
+    def loads(self, s: str | bytes, **kwargs: Any) -> Any:
+        return orjson.loads(s)
+
+    def response(self, *args: Any, **kwargs: Any) -> Any:
+        obj = self._prepare_response_obj(args, kwargs)
+        body = orjson.dumps(obj, option=orjson.OPT_NON_STR_KEYS)
+        return self._app.response_class(body, mimetype="application/json")  # type: ignore[arg-type]

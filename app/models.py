@@ -1,0 +1,8 @@
+"""Imports every model so that ``Base.metadata`` is complete (migrations, tests)."""
+
+from app.assets.models import Asset, AssetDependency, AssetName, AssetTag
+from app.events.models import Event
+from app.jobs.models import Job, JobStep
+from app.users.models import User
+
+__all__ = ["Asset", "AssetDependency", "AssetName", "AssetTag", "Event", "Job", "JobStep", "User"]

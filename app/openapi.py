@@ -1,0 +1,140 @@
+"""flask-smorest glue: the Api that documents problem+json errors, the request parser and the
+Blueprint every domain uses (with ``requires`` for permission checks that are also documented).
+"""
+
+from __future__ import annotations
+
+import http
+from collections.abc import Callable
+from copy import deepcopy
+from functools import wraps
+from typing import Any, TypeVar
+
+import flask_smorest
+import marshmallow as ma
+import orjson
+from flask import Request
+from flask_smorest.utils import prepare_response
+from webargs import core
+from webargs.flaskparser import FlaskParser
+
+from app.errors import (
+    PROBLEM_CONTENT_TYPE,
+    InvalidInputError,
+    UnsupportedMediaTypeError,
+)
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class ProblemSchema(ma.Schema):
+    """RFC 9457 problem details as the registry writes them (CONTRACT.md §1)."""
+
+    type = ma.fields.String(metadata={"example": "about:blank"})
+    title = ma.fields.String()
+    status = ma.fields.Integer()
+    detail = ma.fields.String()
+    code = ma.fields.String(metadata={"description": "Stable machine-readable error code"})
+    request_id = ma.fields.String(allow_none=True)
+    errors = ma.fields.Dict(
+        keys=ma.fields.String(),
+        values=ma.fields.List(ma.fields.String()),
+        metadata={"description": "Field path -> messages (422 only)"},
+    )
+
+
+def is_json_mimetype(mimetype: str) -> bool:
+    return mimetype == "application/json" or (
+        mimetype.startswith("application/") and mimetype.endswith("+json")
+    )
+
+
+class RegistryParser(FlaskParser):
+    """webargs parser: strict JSON (orjson), 415 for a body that is not JSON, unknown query
+    parameters rejected rather than silently ignored."""
+
+    DEFAULT_UNKNOWN_BY_LOCATION: dict[str, str | None] = {
+        "json": None,
+        "form": None,
+        "json_or_form": None,
+        "querystring": ma.RAISE,
+        "query": ma.RAISE,
+        "headers": ma.EXCLUDE,
+        "cookies": ma.EXCLUDE,
+        "files": ma.EXCLUDE,
+    }
+
+    def _raw_load_json(self, req: Request) -> Any:
+        data = req.get_data(cache=True)
+        if not data:
+            if req.mimetype and not is_json_mimetype(req.mimetype):
+                raise UnsupportedMediaTypeError(
+                    f"expected Content-Type application/json, got {req.mimetype}"
+                )
+            return core.missing
+        if not is_json_mimetype(req.mimetype):
+            raise UnsupportedMediaTypeError(
+                f"expected Content-Type application/json, got {req.mimetype or 'none'}"
+            )
+        try:
+            return orjson.loads(data)
+        except orjson.JSONDecodeError as exc:
+            raise InvalidInputError(f"the request body is not valid JSON: {exc}") from None
+
+
+class RegistryApi(flask_smorest.Api):
+    """Api whose documented error responses are problem+json."""
+
+    ERROR_SCHEMA = ProblemSchema
+
+    def _register_responses(self) -> None:
+        for status in http.HTTPStatus:
+            response: dict[str, Any] = {"description": status.phrase}
+            if not (100 <= status < 200) and status not in (204, 304):
+                response["schema"] = self.ERROR_SCHEMA
+            prepare_response(response, self.spec, PROBLEM_CONTENT_TYPE)
+            self.spec.components.response(status.name, response, lazy=True)
+        response = {"description": "Default error response", "schema": self.ERROR_SCHEMA}
+        prepare_response(response, self.spec, PROBLEM_CONTENT_TYPE)
+        self.spec.components.response("DEFAULT_ERROR", response, lazy=True)
+
+    def _register_error_handlers(self) -> None:
+        # app.errors.register_error_handlers owns error rendering.
+        pass
+
+
+class Blueprint(flask_smorest.Blueprint):
+    """smorest Blueprint with the registry's parser and a documented permission decorator."""
+
+    ARGUMENTS_PARSER = RegistryParser()
+
+    def requires(self, permission: str | None) -> Callable[[F], F]:
+        """Require an authenticated caller holding ``permission`` (``resource:action``; None:
+        any authenticated caller).
+
+        The check runs before argument parsing, so an anonymous caller gets 401 rather than a 422
+        for a body it was never allowed to send. The permission is kept on the view function
+        (``_required_permission``) so tests can walk every route.
+        """
+        from app.auth.identity import require_permission
+
+        def decorator(func: F) -> F:
+            @wraps(func)
+            def wrapper(*args: Any, **kwargs: Any) -> Any:
+                require_permission(permission)
+                return func(*args, **kwargs)
+
+            wrapper._required_permission = permission  # type: ignore[attr-defined]
+            apidoc = deepcopy(getattr(wrapper, "_apidoc", {}))
+            responses = apidoc.setdefault("response", {}).setdefault("responses", {})
+            responses.setdefault(401, []).append("UNAUTHORIZED")
+            if permission is not None:
+                responses.setdefault(403, []).append("FORBIDDEN")
+            apidoc["manual_doc"] = {
+                **apidoc.get("manual_doc", {}),
+                "security": [{"bearerAuth": []}],
+            }
+            wrapper._apidoc = apidoc  # type: ignore[attr-defined]
+            return wrapper  # type: ignore[return-value]
+
+        return decorator

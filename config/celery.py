@@ -1,0 +1,37 @@
+"""Celery settings derived from the registry settings."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from config.settings import Settings
+
+
+def broker_url(settings: Settings) -> str:
+    """The broker: Redis in service mode, else SQLite under ./var (kombu SQLAlchemy transport)."""
+    if settings.celery_broker_url:
+        return settings.celery_broker_url
+    return f"sqla+sqlite:///{Path(settings.var_dir) / 'broker.db'}"
+
+
+def celery_config(settings: Settings) -> dict[str, Any]:
+    return {
+        "broker_url": broker_url(settings),
+        "result_backend": None,  # job state lives in the registry database
+        "task_ignore_result": True,
+        "task_serializer": "json",
+        "accept_content": ["json"],
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        "worker_prefetch_multiplier": 1,
+        "broker_connection_retry_on_startup": True,
+        # Time limits stay below the broker's visibility timeout, so an unacked task is only
+        # redelivered once its worker is really gone.
+        "task_soft_time_limit": 3000,
+        "task_time_limit": 3300,
+        "broker_transport_options": {"visibility_timeout": 3600},
+        "beat_schedule_filename": str(Path(settings.var_dir) / "celerybeat-schedule"),
+        "timezone": "UTC",
+        "enable_utc": True,
+    }

@@ -1,0 +1,1 @@
+"""Celery tasks, one module per domain. Tasks are thin: they take ids and call app services."""
