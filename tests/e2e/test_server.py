@@ -1,0 +1,214 @@
+"""End to end: start the registry as ``make run`` does (``llm-registry run``) and use it over
+HTTP as a new user would — log in, register, list, page through 1,000 assets, patch, delete."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+import requests
+
+from config import ENV_NAMES
+from tests.conftest import PG_ADMIN_URL
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+
+ADMIN_PASSWORD = "e2e-admin-password-123"
+PAGE_THROUGH = 1000
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class Server:
+    def __init__(self, base: str, process: subprocess.Popen[bytes], workdir: Path) -> None:
+        self.base = base
+        self.process = process
+        self.workdir = workdir
+        self.session = requests.Session()
+
+    def login(self, username: str = "admin", password: str = ADMIN_PASSWORD) -> None:
+        response = self.session.post(
+            f"{self.base}/v1/auth/login", json={"username": username, "password": password}
+        )
+        assert response.status_code == 200, response.text
+        self.session.headers["Authorization"] = f"Bearer {response.json()['access_token']}"
+
+    def url(self, path: str) -> str:
+        return f"{self.base}{path}"
+
+
+@pytest.fixture(params=["embedded", "postgres"])
+def server(request: pytest.FixtureRequest, tmp_path: Path, worker_id: str) -> Iterator[Server]:
+    port = _free_port()
+    env = {k: v for k, v in os.environ.items() if k not in ENV_NAMES}
+    env.update(
+        REGISTRY_ENV="development",
+        REGISTRY_ADMIN_USERNAME="admin",
+        REGISTRY_ADMIN_PASSWORD=ADMIN_PASSWORD,
+        LOG_LEVEL="INFO",
+    )
+    if request.param == "postgres":
+        name = f"llmreg_test_{worker_id}_e2e"
+        with psycopg.connect(PG_ADMIN_URL, autocommit=True) as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            admin.execute(f'CREATE DATABASE "{name}"')
+        env["DATABASE_URL"] = f"postgresql://postgres@127.0.0.1:5432/{name}"
+    exe = Path(sys.executable).parent / "llm-registry"
+    log = (tmp_path / "server.log").open("wb")
+    process = subprocess.Popen(
+        [str(exe), "run", "--port", str(port)],
+        cwd=tmp_path,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            pytest.fail(f"server exited: {(tmp_path / 'server.log').read_text()[-3000:]}")
+        try:
+            if requests.get(f"{base}/health/live", timeout=1).status_code == 200:
+                break
+        except requests.ConnectionError:
+            time.sleep(0.2)
+    else:
+        pytest.fail("server did not come up in 60 s")
+    try:
+        yield Server(base, process, tmp_path)
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            pytest.fail("server did not stop within 30 s of SIGTERM")
+        log.close()
+
+
+def test_new_user_session(server: Server) -> None:
+    output = (server.workdir / "server.log").read_text()
+    assert "Log in as 'admin'" in output
+    assert "/v1/auth/login" in output
+    health = requests.get(server.url("/health"), timeout=5).json()
+    assert health["status"] == "healthy"
+    assert health["checks"]["database"]["status"] == "ok"
+
+    assert requests.get(server.url("/v1/assets"), timeout=5).status_code == 401
+    server.login()
+    s = server.session
+
+    created = s.post(
+        server.url("/v1/assets"),
+        json={
+            "asset_type": "model",
+            "name": "acme/llama",
+            "version": "1.0.0",
+            "description": "A small test model",
+            "license": "Apache-2.0",
+            "tags": ["chat"],
+            "provenance": {"author": "alice", "commit_hash": "0123abcd"},
+        },
+    )
+    assert created.status_code == 202, created.text
+    asset = created.json()
+    assert asset["status"] == "pending"
+    job = s.get(server.url(created.headers["Location"])).json()
+    assert job["id"] == asset["job"]["id"]
+    assert [step["name"] for step in job["steps"]] == [
+        "checksum",
+        "dependencies",
+        "scan",
+        "policies",
+        "tests",
+    ]
+
+    listed = s.get(server.url("/v1/assets"), params={"tag": "chat"}).json()
+    assert [item["id"] for item in listed["items"]] == [asset["id"]]
+    versions = s.get(server.url("/v1/assets/acme%2Fllama/versions")).json()
+    assert [item["version"] for item in versions["items"]] == ["1.0.0"]
+
+    for i in range(PAGE_THROUGH - 1):
+        response = s.post(
+            server.url("/v1/assets"),
+            json={"asset_type": "dataset", "name": f"bulk/set-{i % 10}", "version": f"1.{i}.0"},
+        )
+        assert response.status_code == 202, response.text
+    seen: list[str] = []
+    cursor = None
+    while True:
+        params = {"limit": 137, **({"cursor": cursor} if cursor else {})}
+        page = s.get(server.url("/v1/assets"), params=params).json()
+        assert page["total"] == PAGE_THROUGH
+        seen += [item["id"] for item in page["items"]]
+        cursor = page["next_cursor"]
+        if cursor is None:
+            break
+    assert len(seen) == PAGE_THROUGH
+    assert len(set(seen)) == PAGE_THROUGH
+
+    etag = s.get(server.url(f"/v1/assets/{asset['id']}")).headers["ETag"]
+    patched = s.patch(
+        server.url(f"/v1/assets/{asset['id']}"),
+        json={"tags": ["chat", "small"], "annotations": {"endpoint": "http://127.0.0.1:9/v1"}},
+        headers={"If-Match": etag},
+    )
+    assert patched.status_code == 200, patched.text
+    assert patched.json()["tags"] == ["chat", "small"]
+    stale = s.patch(
+        server.url(f"/v1/assets/{asset['id']}"),
+        json={"description": "x"},
+        headers={"If-Match": etag},
+    )
+    assert stale.status_code == 412
+    assert stale.json()["code"] == "PRECONDITION_FAILED"
+
+    assert s.delete(server.url(f"/v1/assets/{asset['id']}")).status_code == 204
+    gone = s.get(server.url(f"/v1/assets/{asset['id']}"))
+    assert gone.status_code == 404
+    assert gone.headers["Content-Type"] == "application/problem+json"
+    again = s.post(
+        server.url("/v1/assets"),
+        json={"asset_type": "model", "name": "acme/llama", "version": "1.0.0"},
+    )
+    assert again.status_code == 409
+    assert again.json()["code"] == "ALREADY_EXISTS"
+
+
+def test_logs_are_json_lines_with_request_ids(server: Server) -> None:
+    import json
+
+    server.login()
+    response = server.session.get(server.url("/v1/assets"), headers={"X-Request-ID": "e2e-42"})
+    assert response.headers["X-Request-ID"] == "e2e-42"
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        lines = [
+            json.loads(line)
+            for line in (server.workdir / "server.log").read_text().splitlines()
+            if line.startswith("{")
+        ]
+        matching = [r for r in lines if r.get("request_id") == "e2e-42"]
+        if matching:
+            break
+        time.sleep(0.2)
+    assert matching, "no log line carried the request id"
+    record = matching[-1]
+    assert record["route"] == "/v1/assets"
+    assert record["status"] == 200
+    assert record["method"] == "GET"
+    assert "duration_ms" in record
+    assert ADMIN_PASSWORD not in (server.workdir / "server.log").read_text()

@@ -1,0 +1,122 @@
+"""Concurrent registrations on PostgreSQL with real commits: exactly one of several identical
+registrations wins, and a name's type is settled by whichever first registration commits."""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+from flask import Flask
+from flask_migrate import upgrade
+
+from app import create_app
+from app.extensions import db
+from app.users.service import create_user
+from tests.conftest import PASSWORD, PG_ADMIN_URL, make_settings
+
+pytestmark = pytest.mark.integration
+THREADS = 8
+
+
+@pytest.fixture(scope="module")
+def committing_app(tmp_path_factory: pytest.TempPathFactory, worker_id: str) -> Iterator[Flask]:
+    """An app on its own database where every request really commits."""
+    name = f"llmreg_test_{worker_id}_concurrency"
+    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as admin:
+        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.execute(f'CREATE DATABASE "{name}"')
+    var: Path = tmp_path_factory.mktemp("concurrency")
+    app = create_app(make_settings(f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}", var))
+    with app.app_context():
+        upgrade()
+        create_user("racer", PASSWORD, ["developer"])
+    yield app
+    with app.app_context():
+        db.engine.dispose()
+
+
+def _token(app: Flask) -> str:
+    response = app.test_client().post(
+        "/v1/auth/login", json={"username": "racer", "password": PASSWORD}
+    )
+    return str(response.get_json()["access_token"])
+
+
+def _race(app: Flask, bodies: list[dict[str, Any]]) -> list[tuple[int, dict[str, Any]]]:
+    token = _token(app)
+    barrier = threading.Barrier(len(bodies))
+    results: list[tuple[int, dict[str, Any]]] = []
+    lock = threading.Lock()
+
+    def post(body: dict[str, Any]) -> None:
+        client = app.test_client()
+        barrier.wait()
+        response = client.post(
+            "/v1/assets", json=body, headers={"Authorization": f"Bearer {token}"}
+        )
+        with lock:
+            results.append((response.status_code, response.get_json()))
+
+    threads = [threading.Thread(target=post, args=(body,)) for body in bodies]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert len(results) == len(bodies)
+    return results
+
+
+def test_identical_registrations_exactly_one_wins(committing_app: Flask) -> None:
+    body = {"asset_type": "model", "name": "race/identical", "version": "1.0.0"}
+    results = _race(committing_app, [body] * THREADS)
+    statuses = Counter(status for status, _ in results)
+    assert statuses == {202: 1, 409: THREADS - 1}, results
+    winner = next(doc for status, doc in results if status == 202)
+    for status, doc in results:
+        if status == 409:
+            assert doc["code"] == "ALREADY_EXISTS"
+            assert doc["asset_id"] == winner["id"]
+
+
+def test_build_metadata_variants_race_to_one_winner(committing_app: Flask) -> None:
+    bodies = [
+        {"asset_type": "model", "name": "race/build", "version": f"2.0.0+build.{i}"}
+        for i in range(THREADS)
+    ]
+    statuses = Counter(status for status, _ in _race(committing_app, bodies))
+    assert statuses == {202: 1, 409: THREADS - 1}
+
+
+def test_first_registration_of_a_name_settles_its_type(committing_app: Flask) -> None:
+    types = ["model", "dataset"] * (THREADS // 2)
+    bodies = [
+        {"asset_type": t, "name": "race/typed", "version": f"1.0.{i}"} for i, t in enumerate(types)
+    ]
+    results = _race(committing_app, bodies)
+    winners = {doc["asset_type"] for status, doc in results if status == 202}
+    assert len(winners) == 1, results
+    won = winners.pop()
+    for status, doc in results:
+        if status == 409:
+            assert doc["code"] == "ALREADY_EXISTS"
+            assert won in doc["detail"]
+    assert sum(1 for status, _ in results if status == 202) == THREADS // 2
+
+
+def test_different_versions_of_one_name_all_register(committing_app: Flask) -> None:
+    bodies = [
+        {"asset_type": "pipeline", "name": "race/many", "version": f"0.{i}.0"}
+        for i in range(THREADS)
+    ]
+    results = _race(committing_app, bodies)
+    assert [status for status, _ in results] == [202] * THREADS
+    listing = committing_app.test_client().get(
+        "/v1/assets/race/many/versions",
+        headers={"Authorization": f"Bearer {_token(committing_app)}"},
+    )
+    assert listing.get_json()["total"] == THREADS
