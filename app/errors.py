@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import http
 import logging
+import sqlite3
+import uuid
 from collections.abc import Mapping
 from typing import Any
 
 import orjson
-from flask import Flask, Response, g, request
+from flask import Flask, Response, g, has_request_context, request
 from sqlalchemy import exc as sa_exc
 from werkzeug.exceptions import HTTPException
 
@@ -131,7 +133,7 @@ def problem_response(
         "status": status,
         "detail": detail,
         "code": code,
-        "request_id": getattr(g, "request_id", None),
+        "request_id": _request_id(),
     }
     if errors is not None:
         body["errors"] = errors
@@ -141,6 +143,16 @@ def problem_response(
     for name, value in (headers or {}).items():
         response.headers[name] = value
     return response
+
+
+def _request_id() -> str | None:
+    """This request's id; made here when the failure came before the request hooks set it, so
+    that the body and the ``X-Request-ID`` header (written from ``g``) still agree."""
+    if not has_request_context():
+        return None
+    if not g.get("request_id"):
+        g.request_id = str(uuid.uuid4())
+    return str(g.request_id)
 
 
 def flatten_errors(messages: Any, prefix: str = "") -> dict[str, list[str]]:
@@ -216,7 +228,7 @@ def handle_http_exception(error: HTTPException) -> Response:
     return problem_response(status, code, detail, errors=errors, headers=headers)
 
 
-def handle_database_unavailable(error: Exception) -> Response:
+def handle_database_unavailable(error: BaseException) -> Response:
     """A lost database connection is the operator's problem, not the client's: 503, never 500."""
     log.error("database unavailable: %s", error.__class__.__name__)
     return problem_response(
@@ -229,19 +241,35 @@ def handle_database_unavailable(error: Exception) -> Response:
 
 def handle_unexpected(error: BaseException) -> Response:
     original = getattr(error, "original_exception", None) or error
-    if isinstance(original, (sa_exc.OperationalError, sa_exc.InterfaceError)) and (
-        _is_disconnect(original)
-    ):
+    if _is_unavailable(original):
         return handle_database_unavailable(original)
+    if isinstance(original, sa_exc.DataError):
+        # A value the database refuses (out of range, bad encoding) came from the request:
+        # the client's problem, not a crash. Logged, since validation should have caught it.
+        log.warning("database refused a value: %s", original.orig.__class__.__name__)
+        return problem_response(400, "INVALID_INPUT", "a value in the request is not acceptable")
     log.error("unhandled error", exc_info=original)
     return problem_response(500, "INTERNAL_ERROR", "the registry failed to handle this request")
 
 
-def _is_disconnect(error: BaseException) -> bool:
+# SQLite reports a busy or unreachable database file with these; its other OperationalErrors
+# ("no such table", "syntax error") are bugs, which must stay 500s.
+_SQLITE_UNAVAILABLE = ("database is locked", "unable to open", "disk i/o error", "busy")
+
+
+def _is_unavailable(error: BaseException) -> bool:
+    """Whether ``error`` means the database cannot be reached now (503), not a bug (500)."""
+    if isinstance(error, sa_exc.TimeoutError):  # no pooled connection came free in time
+        return True
     if isinstance(error, sa_exc.DBAPIError) and error.connection_invalidated:
         return True
-    # Connection refused / timed out while connecting surfaces as OperationalError.
-    return isinstance(error, (sa_exc.OperationalError, sa_exc.InterfaceError))
+    if not isinstance(error, (sa_exc.OperationalError, sa_exc.InterfaceError)):
+        return False
+    if isinstance(error.orig, sqlite3.Error):
+        message = str(error.orig).lower()
+        return any(marker in message for marker in _SQLITE_UNAVAILABLE)
+    # psycopg: connection refused or lost, server shutting down, statement timeout.
+    return True
 
 
 def register_error_handlers(app: Flask) -> None:

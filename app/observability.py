@@ -12,6 +12,7 @@ from flask import Flask, Response, g, request
 from pythonjsonlogger.json import JsonFormatter
 
 from app.context import actor_var, current_trace_id, request_id_var
+from app.errors import InvalidInputError
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 request_log = logging.getLogger("registry.request")
@@ -53,9 +54,21 @@ def install_request_hooks(app: Flask) -> None:
     @app.before_request
     def _start() -> None:
         incoming = request.headers.get("X-Request-ID", "")
-        g.request_id = incoming if _REQUEST_ID.match(incoming) else str(uuid.uuid4())
+        g.request_id = incoming if _REQUEST_ID.fullmatch(incoming) else str(uuid.uuid4())
         g.request_started = time.perf_counter()
         g.request_id_token = request_id_var.set(g.request_id)
+        # ``g`` belongs to the app context, which outlives one request when a caller (a test, a
+        # CLI) pushed it: the caller's identity must never carry over to the next request.
+        g.pop("identity", None)
+
+    @app.before_request
+    def _reject_nul_bytes() -> None:
+        # PostgreSQL cannot store or even compare text holding NUL, SQLite can: reject it up
+        # front so that both backends answer alike, and never with a 500.
+        if "\x00" in request.path or any(
+            "\x00" in key or "\x00" in value for key, value in request.args.items(multi=True)
+        ):
+            raise InvalidInputError("the URL must not contain NUL characters")
 
     @app.after_request
     def _finish(response: Response) -> Response:
@@ -87,6 +100,7 @@ def install_request_hooks(app: Flask) -> None:
 
     @app.teardown_request
     def _reset(_exc: BaseException | None) -> None:
+        g.pop("identity", None)
         token = g.pop("request_id_token", None)
         if token is not None:
             request_id_var.reset(token)

@@ -21,6 +21,7 @@ from webargs.flaskparser import FlaskParser
 from app.errors import (
     PROBLEM_CONTENT_TYPE,
     InvalidInputError,
+    PayloadTooLargeError,
     UnsupportedMediaTypeError,
 )
 
@@ -66,6 +67,11 @@ class RegistryParser(FlaskParser):
 
     def _raw_load_json(self, req: Request) -> Any:
         data = req.get_data(cache=True)
+        limit = req.max_content_length
+        if req.content_length is None and limit is not None and len(data) >= limit:
+            # A chunked body (no Content-Length) is cut at the limit by Werkzeug, not refused:
+            # without this it would parse as truncated JSON (400) instead of being a 413.
+            raise PayloadTooLargeError(f"the request body exceeds {limit} bytes")
         if not data:
             if req.mimetype and not is_json_mimetype(req.mimetype):
                 raise UnsupportedMediaTypeError(
@@ -77,9 +83,30 @@ class RegistryParser(FlaskParser):
                 f"expected Content-Type application/json, got {req.mimetype or 'none'}"
             )
         try:
-            return orjson.loads(data)
+            body = orjson.loads(data)
         except orjson.JSONDecodeError as exc:
             raise InvalidInputError(f"the request body is not valid JSON: {exc}") from None
+        # NUL can only arrive escaped; PostgreSQL cannot store it, so refuse it on every backend.
+        if b"\\u0000" in data and _holds_nul(body):
+            raise InvalidInputError("the request body must not contain NUL characters")
+        return body
+
+
+def _holds_nul(value: Any) -> bool:
+    """Whether a parsed JSON value holds a NUL character in any string or key (iteratively:
+    orjson bounds the depth, but a recursion here would need a bound of its own)."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            if "\x00" in item:
+                return True
+        elif isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return False
 
 
 class RegistryApi(flask_smorest.Api):
@@ -107,6 +134,28 @@ class Blueprint(flask_smorest.Blueprint):
     """smorest Blueprint with the registry's parser and a documented permission decorator."""
 
     ARGUMENTS_PARSER = RegistryParser()
+
+    def arguments(self, schema: Any, *, location: str = "json", **kwargs: Any) -> Callable[[F], F]:
+        """smorest's ``arguments``, also documenting the problems the parser itself answers: a
+        JSON body that does not parse (400) or is not JSON (415), a damaged cursor (400)."""
+        parse = super().arguments(schema, location=location, **kwargs)
+        documented: list[tuple[int, str]] = []
+        if location == "json":
+            documented = [(400, "BAD_REQUEST"), (415, "UNSUPPORTED_MEDIA_TYPE")]
+        elif "cursor" in getattr(schema, "_declared_fields", {}):  # a class or an instance
+            documented = [(400, "BAD_REQUEST")]
+
+        def decorator(func: F) -> F:
+            wrapped = parse(func)
+            apidoc = deepcopy(getattr(wrapped, "_apidoc", {}))
+            responses = apidoc.setdefault("response", {}).setdefault("responses", {})
+            for status, name in documented:
+                if name not in responses.setdefault(status, []):
+                    responses[status].append(name)
+            wrapped._apidoc = apidoc
+            return wrapped  # type: ignore[no-any-return]
+
+        return decorator
 
     def requires(self, permission: str | None) -> Callable[[F], F]:
         """Require an authenticated caller holding ``permission`` (``resource:action``; None:

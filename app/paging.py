@@ -63,21 +63,30 @@ def _encode_value(kind: str, value: Any) -> Any:
     return value
 
 
+# A cursor is not signed: whatever it carries is bound as a query parameter, so each value must
+# be one that every backend can bind (SQLite overflows past 64 bits, PostgreSQL rejects NUL).
+_INT_RANGE = range(-(2**63), 2**63)
+
+
 def _decode_value(kind: str, value: Any) -> Any:
     if value is None:
         return None
     if kind == "datetime":
+        if not isinstance(value, str):
+            raise ValueError("not a timestamp")
         parsed = dt.datetime.fromisoformat(value)
         if parsed.tzinfo is None:
             raise ValueError("naive timestamp")
-        return parsed
+        return parsed.astimezone(dt.UTC)  # OverflowError near year 1 or 9999
     if kind == "bytes":
+        if not isinstance(value, str):
+            raise ValueError("not base64")
         return base64.b64decode(value, validate=True)
     if kind == "int":
-        if not isinstance(value, int) or isinstance(value, bool):
-            raise ValueError("not an integer")
+        if not isinstance(value, int) or isinstance(value, bool) or value not in _INT_RANGE:
+            raise ValueError("not a 64-bit integer")
         return value
-    if not isinstance(value, str):
+    if not isinstance(value, str) or "\x00" in value:
         raise ValueError("not a string")
     return value
 
@@ -102,7 +111,7 @@ def decode_cursor(token: str, keys: Sequence[SortKey], bound_to: str) -> list[An
         decoded = [_decode_value(k.kind, v) for k, v in zip(keys, values, strict=True)]
     except InvalidInputError:
         raise
-    except (ValueError, TypeError, KeyError, binascii.Error, orjson.JSONDecodeError):
+    except (ValueError, TypeError, KeyError, OverflowError, binascii.Error, orjson.JSONDecodeError):
         raise InvalidInputError("the cursor is not valid") from None
     if any(v is None and not k.nullable for k, v in zip(keys, decoded, strict=True)):
         raise InvalidInputError("the cursor is not valid")

@@ -42,10 +42,9 @@ def make_settings(database_url: str, var_dir: Path, **extra: str) -> Settings:
     return load_settings(environ=environ, overrides={"var_dir": str(var_dir)})
 
 
-@pytest.fixture(scope="session")
-def pg_database_url() -> str:
-    """A new, empty PostgreSQL database for this session (and xdist worker)."""
-    name = f"llmreg_test_{_worker()}"
+def fresh_pg_database(suffix: str) -> str:
+    """Create an empty database named for this run (pid) and worker; returns its URL."""
+    name = f"llmreg_test_{_worker()}_{os.getpid()}{suffix}"
     try:
         admin = psycopg.connect(PG_ADMIN_URL, autocommit=True, connect_timeout=5)
     except psycopg.OperationalError as exc:
@@ -59,14 +58,49 @@ def pg_database_url() -> str:
     return f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
 
 
+def drop_pg_database(url: str) -> None:
+    name = url.rsplit("/", 1)[1]
+    with psycopg.connect(PG_ADMIN_URL, autocommit=True, connect_timeout=5) as admin:
+        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(autouse=True)
+def fast_password_hashing(monkeypatch: pytest.MonkeyPatch) -> None:
+    """argon2 at production cost takes ~0.4 s a hash; tests check behaviour, not cost."""
+    from argon2 import PasswordHasher
+
+    from app.users import service
+
+    cheap = PasswordHasher(time_cost=1, memory_cost=1024, parallelism=1)
+    monkeypatch.setattr(service, "_hasher", cheap)
+    monkeypatch.setattr(service, "_DUMMY_HASH", cheap.hash("not-a-real-password"))
+
+
+@pytest.fixture(scope="session")
+def pg_database_url() -> Iterator[str]:
+    """A new, empty PostgreSQL database for this session (and xdist worker), dropped after."""
+    url = fresh_pg_database("")
+    yield url
+    drop_pg_database(url)
+
+
 def _migrated_app(settings: Settings) -> Flask:
     from flask_migrate import upgrade
 
     from app import create_app
 
+    from app.extensions import db
+
     app = create_app(settings)
     with app.app_context():
         upgrade()
+
+    @app.teardown_request
+    def _end_session(_exc: BaseException | None) -> None:
+        # The test client's requests run inside the test's app context; end the session with
+        # each request, as production does, so no identity map outlives its request.
+        db.session.remove()
+
     return app
 
 

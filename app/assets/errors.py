@@ -35,3 +35,8 @@ class StatusTransitionError(ConflictError):
 
 class HasDependentsError(RegistryError):
     status, code = 409, "HAS_DEPENDENTS"
+
+
+class NoActiveVersionError(NotFoundError):
+    def __init__(self, name: str) -> None:
+        super().__init__(f"{name} has no active version (or no such name exists)")

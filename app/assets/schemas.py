@@ -32,6 +32,20 @@ SORTS = ("created_at", "updated_at", "name", "version", "size_bytes")
 _licensing = get_spdx_licensing()
 
 
+class FullMatch(ma.validate.Regexp):
+    """``Regexp`` over the whole value: marshmallow's uses ``re.match``, whose ``$`` also matches
+    before a trailing newline, so ``"model\\n"`` would pass the name pattern."""
+
+    def __init__(self, regex: str, *, error: str | None = None) -> None:
+        super().__init__(regex, error=error)
+        self._pattern = re.compile(regex)
+
+    def __call__(self, value: Any) -> Any:
+        if not isinstance(value, str) or self._pattern.fullmatch(value) is None:
+            raise ma.ValidationError(self._format_error(value))
+        return value
+
+
 def _validate_version(value: str) -> None:
     try:
         parse_version(value)
@@ -80,7 +94,7 @@ class Annotations(ma.fields.Dict):
             raise ma.ValidationError(f"at most {MAX_ANNOTATIONS} annotations")
         errors: dict[str, list[str]] = {}
         for key, item in result.items():
-            if not ANNOTATION_KEY_PATTERN.match(key):
+            if not ANNOTATION_KEY_PATTERN.fullmatch(key):
                 errors[key] = ["key must be 1-128 of A-Z a-z 0-9 . _ / -, starting alphanumeric"]
             elif item is None and self.allow_null_values:
                 continue
@@ -100,7 +114,7 @@ def _tags_field(**kwargs: Any) -> ma.fields.List[Any]:
 
     return ma.fields.List(
         ma.fields.String(
-            validate=ma.validate.Regexp(
+            validate=FullMatch(
                 TAG_PATTERN,
                 error="must be 1-64 of A-Z a-z 0-9 . _ : / = + -, starting alphanumeric",
             )
@@ -114,7 +128,7 @@ class ChecksumSchema(ma.Schema):
     algorithm = ma.fields.String(required=True, validate=ma.validate.OneOf(CHECKSUM_ALGORITHMS))
     value = ma.fields.String(
         required=True,
-        validate=ma.validate.Regexp(HEX64, error="must be 64 hexadecimal characters"),
+        validate=FullMatch(HEX64, error="must be 64 hexadecimal characters"),
     )
 
     @ma.post_load
@@ -131,9 +145,7 @@ class ProvenanceSchema(ma.Schema):
     source_repo = ma.fields.String(validate=ma.validate.Length(min=1, max=2048), allow_none=True)
     commit_hash = ma.fields.String(
         allow_none=True,
-        validate=ma.validate.Regexp(
-            r"^[0-9a-fA-F]{7,64}$", error="must be 7-64 hexadecimal characters"
-        ),
+        validate=FullMatch(r"^[0-9a-fA-F]{7,64}$", error="must be 7-64 hexadecimal characters"),
     )
     build_id = ma.fields.String(validate=ma.validate.Length(min=1, max=256), allow_none=True)
     author = ma.fields.String(validate=ma.validate.Length(min=1, max=256), allow_none=True)
@@ -144,10 +156,8 @@ class ProvenanceSchema(ma.Schema):
 class DependencyRefSchema(ma.Schema):
     """Either ``{id}`` or ``{name, version: <npm range>, asset_type?}``."""
 
-    id = ma.fields.String(validate=ma.validate.Regexp(ULID_PATTERN, error="must be an asset id"))
-    name = ma.fields.String(
-        validate=ma.validate.Regexp(NAME_PATTERN, error="must be a valid asset name")
-    )
+    id = ma.fields.String(validate=FullMatch(ULID_PATTERN, error="must be an asset id"))
+    name = ma.fields.String(validate=FullMatch(NAME_PATTERN, error="must be a valid asset name"))
     version = ma.fields.String(
         validate=[ma.validate.Length(min=1, max=256), _validate_range],
         metadata={"description": "npm-style range: ^1.2.0, ~1.2, >=1.0.0 <2.0.0, 1.4.2, *"},
@@ -164,9 +174,9 @@ class DependencyRefSchema(ma.Schema):
                 )
             return
         missing = [f for f in ("name", "version") if f not in data]
-        for field in missing:
+        if missing:
             raise ma.ValidationError(
-                "required unless the dependency is given by id", field_name=field
+                {f: ["required unless the dependency is given by id"] for f in missing}
             )
 
 
@@ -200,7 +210,7 @@ def _names_unique(label: str) -> Any:
 
 
 class PolicyRuleSchema(ma.Schema):
-    name = ma.fields.String(required=True, validate=ma.validate.Regexp(RULE_NAME))
+    name = ma.fields.String(required=True, validate=FullMatch(RULE_NAME))
     expression = ma.fields.String(required=True, validate=ma.validate.Length(min=1, max=4096))
     severity = ma.fields.String(required=True, validate=ma.validate.OneOf(("deny", "warn")))
     message = ma.fields.String(validate=ma.validate.Length(max=1024))
@@ -217,20 +227,20 @@ class PolicySpecSchema(ma.Schema):
 
 class ExpressionCaseSchema(ma.Schema):
     kind = ma.fields.String(required=True, validate=ma.validate.Equal("expression"))
-    name = ma.fields.String(required=True, validate=ma.validate.Regexp(RULE_NAME))
+    name = ma.fields.String(required=True, validate=FullMatch(RULE_NAME))
     expression = ma.fields.String(required=True, validate=ma.validate.Length(min=1, max=4096))
 
 
 class HttpCaseSchema(ma.Schema):
     kind = ma.fields.String(required=True, validate=ma.validate.Equal("http"))
-    name = ma.fields.String(required=True, validate=ma.validate.Regexp(RULE_NAME))
+    name = ma.fields.String(required=True, validate=FullMatch(RULE_NAME))
     method = ma.fields.String(
         load_default="POST",
         validate=ma.validate.OneOf(("GET", "POST", "PUT", "PATCH", "DELETE", "HEAD")),
     )
     path = ma.fields.String(
         required=True,
-        validate=ma.validate.Regexp(r"^/[^\s]*$", error="must be a path starting with /"),
+        validate=FullMatch(r"^/[^\s]*$", error="must be a path starting with /"),
     )
     body = ma.fields.Raw(allow_none=True)
     expect = ma.fields.String(required=True, validate=ma.validate.Length(min=1, max=4096))
@@ -271,7 +281,7 @@ class AssetCreateSchema(ma.Schema):
     asset_type = ma.fields.String(required=True, validate=ma.validate.OneOf(ASSET_TYPES))
     name = ma.fields.String(
         required=True,
-        validate=ma.validate.Regexp(
+        validate=FullMatch(
             NAME_PATTERN,
             error="must be lower-case a-z 0-9 . _ - (1-64 characters, starting alphanumeric), "
             "optionally prefixed by one 'org/' namespace",
@@ -288,7 +298,7 @@ class AssetCreateSchema(ma.Schema):
     annotations = Annotations(load_default=dict)
     content_type = ma.fields.String(
         allow_none=True,
-        validate=ma.validate.Regexp(
+        validate=FullMatch(
             r"^[A-Za-z0-9][\w.+-]*/[\w.+-]+( *;.{0,200})?$", error="must be a MIME type"
         ),
     )

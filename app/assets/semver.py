@@ -6,6 +6,8 @@ The sort key lets the database order versions by SemVer precedence with a plain 
 
 from __future__ import annotations
 
+import re
+
 import semantic_version as sv
 
 
@@ -13,8 +15,14 @@ class InvalidVersionError(ValueError):
     pass
 
 
+# semantic_version anchors its pattern with ``$``, which also matches before a trailing newline.
+_SEMVER_CHARS = re.compile(r"[0-9A-Za-z.+-]+")
+
+
 def parse_version(text: str) -> sv.Version:
     """Strict SemVer 2.0 (no ``v`` prefix, no leading zeros, three numeric parts)."""
+    if not isinstance(text, str) or not _SEMVER_CHARS.fullmatch(text):
+        raise InvalidVersionError(f"not a SemVer 2.0 version: {text!r}")
     try:
         return sv.Version(text)
     except ValueError as exc:

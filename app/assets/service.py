@@ -21,6 +21,7 @@ from app.assets.errors import (
     AssetNotFoundError,
     AssetTypeMismatchError,
     HasDependentsError,
+    NoActiveVersionError,
     StatusTransitionError,
 )
 from app.assets.models import (
@@ -311,6 +312,8 @@ def list_assets(args: Mapping[str, Any], actor: Identity) -> Page[Asset]:
     order = args.get("order") or ("asc" if sort == "name" else "desc")
     bound = {k: v for k, v in args.items() if k not in ("limit", "cursor")}
     bound["order"] = order
+    if bound.get("tag"):
+        bound["tag"] = sorted(set(bound["tag"]))  # the same filter however the tags are listed
     return paginate(
         db.session,
         stmt,
@@ -353,7 +356,7 @@ def latest_version(name: str) -> Asset:
         )
         if asset is not None:
             return asset
-    raise AssetNotFoundError(f"{name} has no active version; {name}")
+    raise NoActiveVersionError(name)
 
 
 def get_version(name: str, version: str) -> Asset:
@@ -389,6 +392,13 @@ def update_asset(
         raise PreconditionFailedError(
             f"the asset changed: its ETag is now {asset.etag}; re-read it and retry"
         )
+    # Check the transition before touching the row: a refused PATCH changes nothing at all.
+    status_change = None
+    if "status" in changes and changes["status"] != asset.status:
+        target = changes["status"]
+        if target not in TRANSITIONS.get(asset.status, frozenset()):
+            raise StatusTransitionError(asset.status, target)
+        status_change = (asset.status, target)
     now = utcnow()
     updated: list[str] = []
     for field in ("description", "license"):
@@ -408,16 +418,11 @@ def update_asset(
         if merged != asset.annotations:
             asset.annotations = merged
             updated.append("annotations")
-    status_change = None
-    if "status" in changes and changes["status"] != asset.status:
-        target = changes["status"]
-        if target not in TRANSITIONS.get(asset.status, frozenset()):
-            raise StatusTransitionError(asset.status, target)
-        status_change = (asset.status, target)
-        asset.status = target
-        if target == "deprecated":
+    if status_change is not None:
+        asset.status = status_change[1]
+        if status_change[1] == "deprecated":
             asset.deprecated_at = now
-        elif target == "active":
+        elif status_change[1] == "active":
             asset.deprecated_at = None
     if not updated and status_change is None:
         return asset

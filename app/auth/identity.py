@@ -15,11 +15,14 @@ from flask_jwt_extended.exceptions import JWTExtendedException
 from jwt import PyJWTError
 
 from app.auth.permissions import allows, highest_role, permissions_of
+from app.context import actor_var
 from app.errors import ForbiddenError, UnauthorizedError
 from app.extensions import db
 from app.users.models import User
 
 log = logging.getLogger(__name__)
+
+_REQUIRED_CLAIMS = ("sub", "exp", "iat", "jti")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,9 +58,16 @@ def _identity_from_jwt(token: str) -> Identity:
         claims = decode_token(token)
     except (PyJWTError, JWTExtendedException, ValueError, UnicodeError):
         raise UnauthorizedError("the access token is invalid or expired") from None
+    if any(claims.get(name) is None for name in _REQUIRED_CLAIMS):
+        # PyJWT checks exp only when present: a token that never expires is not one we issued.
+        raise UnauthorizedError("the access token is invalid or expired")
     if claims.get("type") != "access":
         raise UnauthorizedError("an access token is required")
-    user = db.session.get(User, str(claims.get("sub")))
+    subject = claims["sub"]
+    if not isinstance(subject, str) or not subject.isalnum():
+        # User ids are ULIDs; anything else (a NUL byte would even break PostgreSQL) is forged.
+        raise UnauthorizedError("the access token is invalid or expired")
+    user = db.session.get(User, subject)
     if user is None or user.disabled:
         raise UnauthorizedError("the access token is invalid or expired")
     role = highest_role(user.roles)
@@ -83,6 +93,7 @@ def current_identity() -> Identity:
         raise UnauthorizedError("authentication is required")
     identity = _identity_from_jwt(token)
     g.identity = identity
+    actor_var.set(identity.username)  # events and logs of this request name their actor
     return identity
 
 

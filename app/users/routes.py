@@ -26,7 +26,7 @@ class Users(MethodView):
     @blp.arguments(UserQueryArgsSchema, location="query")
     @blp.response(200, UserPageSchema)
     def get(self, args: dict[str, Any]) -> Page[User]:
-        """List users, oldest first."""
+        """List users, newest first."""
         return service.list_users(args["limit"], args["cursor"])
 
     @blp.requires("user:manage")

@@ -74,6 +74,7 @@ def _dedupe(roles: list[str]) -> list[str]:
 
 
 def get_user(user_id: str) -> User:
+    """The user with ``user_id``; read-only. Raises ``UserNotFoundError`` (404)."""
     user = db.session.get(User, user_id)
     if user is None:
         raise UserNotFoundError(user_id)
@@ -81,11 +82,20 @@ def get_user(user_id: str) -> User:
 
 
 def list_users(limit: int, cursor: str | None) -> Page[User]:
+    """One page of users, newest first (``created_at desc, id desc`` as every list, CONTRACT.md
+    §1). Read-only; raises ``InvalidInputError`` (400) for a damaged or foreign cursor."""
     keys = [
-        SortKey(User.created_at, lambda u: u.created_at, "datetime"),
-        SortKey(User.id, lambda u: u.id, "str"),
+        SortKey(User.created_at, lambda u: u.created_at, "datetime", descending=True),
+        SortKey(User.id, lambda u: u.id, "str", descending=True),
     ]
-    return paginate(db.session, select(User), keys, limit=limit, cursor=cursor, bound_to={})
+    return paginate(
+        db.session,
+        select(User),
+        keys,
+        limit=limit,
+        cursor=cursor,
+        bound_to={"list": "users", "sort": "created_at", "order": "desc"},
+    )
 
 
 def update_user(user_id: str, changes: Mapping[str, Any], actor: Identity) -> User:
@@ -95,12 +105,18 @@ def update_user(user_id: str, changes: Mapping[str, Any], actor: Identity) -> Us
     password given ``current_password``. Never leaves the registry without an enabled admin
     (``LastAdminError``, 409).
     """
-    user = get_user(user_id)
-    is_self = user.id == actor.user_id
+    is_self = user_id == actor.user_id
+    # Checked before the lookup, so that a non-admin learns nothing about other accounts.
     if not actor.can("user:manage") and (
         not is_self or set(changes) - {"password", "current_password"}
     ):
         raise ForbiddenError("only an admin may change other users, roles or the disabled flag")
+    if {"roles", "disabled"} & set(changes):
+        _serialize_admin_changes()
+    # Re-read: the caller's own row was loaded for authentication, before any lock was held.
+    user = db.session.get(User, user_id, populate_existing=True)
+    if user is None:
+        raise UserNotFoundError(user_id)
     was_admin = _is_enabled_admin(user)
     if "password" in changes:
         if is_self:
@@ -120,13 +136,26 @@ def update_user(user_id: str, changes: Mapping[str, Any], actor: Identity) -> Us
         user.disabled = changes["disabled"]
     if was_admin and not _is_enabled_admin(user):
         others = db.session.scalars(
-            select(User).where(User.disabled.is_(False), User.id != user.id)
+            select(User)
+            .where(User.disabled.is_(False), User.id != user.id)
+            .execution_options(populate_existing=True)  # the caller's row may be stale
         ).all()
         if not any(_is_enabled_admin(other) for other in others):
             db.session.rollback()
             raise LastAdminError()
     db.session.commit()
     return user
+
+
+def _serialize_admin_changes() -> None:
+    """Let one role or disabled-flag change at a time through (until commit), so that two
+    admins demoting each other at once cannot both see the other as the remaining admin.
+    SQLite already serializes writers (BEGIN IMMEDIATE); PostgreSQL takes an advisory lock."""
+    if db.session.get_bind().dialect.name == "postgresql":
+        db.session.execute(select(func.pg_advisory_xact_lock(_ADMIN_CHANGES_LOCK)))
+
+
+_ADMIN_CHANGES_LOCK = 0x4C4C4D52_55534552 & 0x7FFFFFFFFFFFFFFF  # "LLMRUSER"
 
 
 def _is_enabled_admin(user: User) -> bool:

@@ -12,12 +12,11 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import psycopg
 import pytest
 import requests
 
 from config import ENV_NAMES
-from tests.conftest import PG_ADMIN_URL
+from tests.conftest import drop_pg_database, fresh_pg_database
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -50,8 +49,9 @@ class Server:
 
 
 @pytest.fixture(params=["embedded", "postgres"])
-def server(request: pytest.FixtureRequest, tmp_path: Path, worker_id: str) -> Iterator[Server]:
+def server(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Server]:
     port = _free_port()
+    database_url = None
     env = {k: v for k, v in os.environ.items() if k not in ENV_NAMES}
     env.update(
         REGISTRY_ENV="development",
@@ -60,11 +60,8 @@ def server(request: pytest.FixtureRequest, tmp_path: Path, worker_id: str) -> It
         LOG_LEVEL="INFO",
     )
     if request.param == "postgres":
-        name = f"llmreg_test_{worker_id}_e2e"
-        with psycopg.connect(PG_ADMIN_URL, autocommit=True) as admin:
-            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-            admin.execute(f'CREATE DATABASE "{name}"')
-        env["DATABASE_URL"] = f"postgresql://postgres@127.0.0.1:5432/{name}"
+        database_url = fresh_pg_database("_e2e")
+        env["DATABASE_URL"] = database_url
     exe = Path(sys.executable).parent / "llm-registry"
     log = (tmp_path / "server.log").open("wb")
     process = subprocess.Popen(
@@ -97,6 +94,8 @@ def server(request: pytest.FixtureRequest, tmp_path: Path, worker_id: str) -> It
             os.killpg(process.pid, signal.SIGKILL)
             pytest.fail("server did not stop within 30 s of SIGTERM")
         log.close()
+        if database_url:
+            drop_pg_database(database_url)
 
 
 def test_new_user_session(server: Server) -> None:

@@ -9,7 +9,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import psycopg
 import pytest
 from flask import Flask
 from flask_migrate import upgrade
@@ -17,27 +16,25 @@ from flask_migrate import upgrade
 from app import create_app
 from app.extensions import db
 from app.users.service import create_user
-from tests.conftest import PASSWORD, PG_ADMIN_URL, make_settings
+from tests.conftest import PASSWORD, drop_pg_database, fresh_pg_database, make_settings
 
 pytestmark = pytest.mark.integration
 THREADS = 8
 
 
 @pytest.fixture(scope="module")
-def committing_app(tmp_path_factory: pytest.TempPathFactory, worker_id: str) -> Iterator[Flask]:
+def committing_app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Flask]:
     """An app on its own database where every request really commits."""
-    name = f"llmreg_test_{worker_id}_concurrency"
-    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as admin:
-        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        admin.execute(f'CREATE DATABASE "{name}"')
+    url = fresh_pg_database("_concurrency")
     var: Path = tmp_path_factory.mktemp("concurrency")
-    app = create_app(make_settings(f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}", var))
+    app = create_app(make_settings(url, var))
     with app.app_context():
         upgrade()
         create_user("racer", PASSWORD, ["developer"])
     yield app
     with app.app_context():
         db.engine.dispose()
+    drop_pg_database(url)
 
 
 def _token(app: Flask) -> str:

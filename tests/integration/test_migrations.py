@@ -3,9 +3,9 @@ PostgreSQL and SQLite; they also run down and up again."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
-import psycopg
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
@@ -17,7 +17,7 @@ from sqlalchemy import inspect
 from app import create_app
 from app.db import Base
 from app.extensions import db
-from tests.conftest import PG_ADMIN_URL, make_settings
+from tests.conftest import drop_pg_database, fresh_pg_database, make_settings
 
 pytestmark = pytest.mark.integration
 
@@ -25,16 +25,13 @@ MIGRATIONS = Path(__file__).resolve().parents[2] / "migrations"
 
 
 @pytest.fixture(params=["pg", "sqlite"])
-def empty_app(request: pytest.FixtureRequest, tmp_path: Path, worker_id: str) -> Flask:
+def empty_app(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Flask]:
     if request.param == "sqlite":
-        return create_app(make_settings(f"sqlite:///{tmp_path / 'm.db'}", tmp_path))
-    name = f"llmreg_test_{worker_id}_migrations"
-    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as admin:
-        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        admin.execute(f'CREATE DATABASE "{name}"')
-    return create_app(
-        make_settings(f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}", tmp_path)
-    )
+        yield create_app(make_settings(f"sqlite:///{tmp_path / 'm.db'}", tmp_path))
+        return
+    url = fresh_pg_database("_migrations")
+    yield create_app(make_settings(url, tmp_path))
+    drop_pg_database(url)
 
 
 def test_single_head() -> None:
@@ -47,9 +44,12 @@ def test_single_head() -> None:
 
 
 def _diff(app: Flask) -> list[object]:
-    with app.app_context(), db.engine.connect() as connection:
-        context = MigrationContext.configure(connection, opts={"compare_type": True})
-        return list(compare_metadata(context, Base.metadata))
+    with app.app_context():
+        with db.engine.connect() as connection:
+            context = MigrationContext.configure(connection, opts={"compare_type": True})
+            diff = list(compare_metadata(context, Base.metadata))
+        db.engine.dispose()  # so the database can be dropped
+    return diff
 
 
 def test_migrations_match_models(empty_app: Flask) -> None:
@@ -68,5 +68,3 @@ def test_downgrade_to_base_and_up_again(empty_app: Flask) -> None:
         assert remaining == set()
         upgrade()
     assert _diff(empty_app) == []
-    with empty_app.app_context():
-        db.engine.dispose()
