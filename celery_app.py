@@ -9,9 +9,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from celery import Celery, Task
+from celery import Celery, Task, signals
 
 from app import create_app
+from app.observability import configure_logging
 from config import load_settings
 from config.celery import celery_config
 
@@ -27,6 +28,20 @@ class FlaskTask(Task):
             return super().__call__(*args, **kwargs)
 
 
+@signals.setup_logging.connect
+def _json_logging(**_: Any) -> None:
+    # Connecting here stops Celery from installing its own (plain text) handlers.
+    configure_logging(settings.log_level)
+
+
+@signals.worker_process_init.connect
+def _fresh_connections(**_: Any) -> None:
+    # Pooled database connections must not cross the fork into worker processes.
+    from app.extensions import db
+
+    with flask_app.app_context():
+        db.engine.dispose(close=False)
+
+
 celery = Celery("llm_registry", task_cls=FlaskTask)
 celery.config_from_object(celery_config(settings))
-flask_app.extensions["celery"] = celery

@@ -60,6 +60,7 @@ def create_app(
     """Build a registry app from ``settings`` (default: defaults < TOML < environment)."""
     from app import errors, models, observability  # noqa: F401  (models: complete metadata)
     from app.extensions import db, jwt, make_api, migrate
+    from app.jobs.queue import make_producer
     from app.json import OrjsonProvider
     from app.storage import blob_store_from_url
 
@@ -74,6 +75,7 @@ def create_app(
     app.extensions["blob_store"] = blob_store_from_url(
         str(settings.blob_store_url), settings.s3_endpoint_url
     )
+    app.extensions["task_producer"] = make_producer(settings)
     if str(settings.database_url).startswith("sqlite"):
         from pathlib import Path
 
@@ -124,11 +126,13 @@ def _migrations_dir() -> Any:
 def _register_blueprints(api: Any) -> None:
     from app.assets.routes import blp as assets
     from app.auth.routes import blp as auth
+    from app.blobs.routes import blp as blobs
+    from app.dependencies.routes import blp as dependencies
     from app.health.routes import blp as health
     from app.jobs.routes import blp as jobs
     from app.users.routes import blp as users
 
-    for blueprint in (health, auth, users, assets, jobs):
+    for blueprint in (health, auth, users, blobs, dependencies, assets, jobs):
         api.register_blueprint(blueprint)
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import secrets
-import shutil
 import signal
 import subprocess
 import sys
@@ -142,12 +141,55 @@ def _gunicorn_logging(level: str) -> dict[str, Any]:
     }
 
 
+def _celery(args: list[str], config: str | None) -> None:
+    """Replace this process with ``celery -A celery_app:celery ARGS`` (same Python)."""
+    if config:
+        os.environ["REGISTRY_CONFIG"] = config
+    celery = Path(sys.executable).with_name("celery")
+    os.execv(str(celery), [str(celery), "-A", "celery_app:celery", *args])  # noqa: S606
+
+
+@main.command()
+@config_option
+@click.option(
+    "--queues", default="registry", show_default=True, help="Comma-separated queues to consume."
+)
+@click.option("--concurrency", type=int, default=None, help="Worker processes (default: CPUs).")
+@click.option("--loglevel", default=None, help="Celery log level (default: LOG_LEVEL).")
+def worker(config: str | None, queues: str, concurrency: int | None, loglevel: str | None) -> None:
+    """Run a Celery worker for the registration pipeline."""
+    settings = _settings(config)
+    args = [
+        "worker",
+        "--queues",
+        queues,
+        "--loglevel",
+        loglevel or settings.log_level,
+        "--without-gossip",
+        "--without-mingle",
+    ]
+    if concurrency:
+        args += ["--concurrency", str(concurrency)]
+    _celery(args, config)
+
+
+@main.command()
+@config_option
+def beat(config: str | None) -> None:
+    """Run Celery beat: requeues stalled jobs and schedules compliance re-scans. Run one."""
+    settings = _settings(config)
+    schedule = Path(settings.var_dir) / "celerybeat-schedule"
+    schedule.parent.mkdir(parents=True, exist_ok=True)
+    _celery(["beat", "--loglevel", settings.log_level, "--schedule", str(schedule)], config)
+
+
 @main.command()
 @config_option
 @click.option("--host", default=None, help="Address to bind (SERVER_HOST).")
 @click.option("--port", type=int, default=None, help="Port to bind (SERVER_PORT).")
 def run(config: str | None, host: str | None, port: int | None) -> None:
-    """Everything on one machine: migrate, create the first admin, serve the API.
+    """Everything on one machine: migrate, create the first admin, then the API, a worker and
+    beat.
 
     The processes run as children of this one and stop with it (Ctrl-C).
     """
@@ -165,14 +207,19 @@ def run(config: str | None, host: str | None, port: int | None) -> None:
         "Then send 'Authorization: Bearer <access_token>' with every /v1 request.\n",
         err=True,
     )
-    exe = shutil.which("llm-registry") or sys.argv[0]
-    args = [exe, "serve", "--workers", "2"]
-    if config:
-        args += ["--config", config]
+    exe = str(Path(sys.executable).with_name("llm-registry"))
+    extra = ["--config", config] if config else []
     env = dict(
         os.environ, SERVER_HOST=str(settings.server_host), SERVER_PORT=str(settings.server_port)
     )
-    _supervise([args], env)
+    _supervise(
+        [
+            [exe, "serve", "--workers", "2", *extra],
+            [exe, "worker", "--concurrency", "2", *extra],
+            [exe, "beat", *extra],
+        ],
+        env,
+    )
 
 
 def _first_admin_for_run(settings: Settings) -> tuple[str, str]:

@@ -1,8 +1,19 @@
 """Imports every model so that ``Base.metadata`` is complete (migrations, tests)."""
 
 from app.assets.models import Asset, AssetDependency, AssetName, AssetTag
+from app.blobs.models import Blob
 from app.events.models import Event
 from app.jobs.models import Job, JobStep
 from app.users.models import User
 
-__all__ = ["Asset", "AssetDependency", "AssetName", "AssetTag", "Event", "Job", "JobStep", "User"]
+__all__ = [
+    "Asset",
+    "AssetDependency",
+    "AssetName",
+    "AssetTag",
+    "Blob",
+    "Event",
+    "Job",
+    "JobStep",
+    "User",
+]

@@ -16,8 +16,12 @@ def broker_url(settings: Settings) -> str:
 
 
 def celery_config(settings: Settings) -> dict[str, Any]:
+    url = broker_url(settings)
+    # Redis redelivers an unacked task after the visibility timeout; kombu's SQLAlchemy transport
+    # hands its options to create_engine, so it gets none.
+    transport_options = {"visibility_timeout": 3600} if url.startswith("redis") else {}
     return {
-        "broker_url": broker_url(settings),
+        "broker_url": url,
         "result_backend": None,  # job state lives in the registry database
         "task_ignore_result": True,
         "task_serializer": "json",
@@ -30,7 +34,12 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         # redelivered once its worker is really gone.
         "task_soft_time_limit": 3000,
         "task_time_limit": 3300,
-        "broker_transport_options": {"visibility_timeout": 3600},
+        "broker_transport_options": transport_options,
+        "task_default_queue": "registry",
+        "include": ["workers.registration"],
+        "beat_schedule": {
+            "requeue-stale-jobs": {"task": "registry.jobs.requeue_stale", "schedule": 15.0},
+        },
         "beat_schedule_filename": str(Path(settings.var_dir) / "celerybeat-schedule"),
         "timezone": "UTC",
         "enable_utc": True,

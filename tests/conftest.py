@@ -88,7 +88,6 @@ def _migrated_app(settings: Settings) -> Flask:
     from flask_migrate import upgrade
 
     from app import create_app
-
     from app.extensions import db
 
     app = create_app(settings)

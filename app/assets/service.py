@@ -33,11 +33,13 @@ from app.assets.models import (
 )
 from app.assets.semver import parse_version, sort_key, without_build
 from app.auth.identity import Identity
+from app.context import request_id_var
 from app.db import DbSession, utcnow
 from app.errors import ConflictError, ForbiddenError, PreconditionFailedError, ValidationFailedError
 from app.events.service import record_event
 from app.extensions import db
 from app.jobs.models import REGISTRATION_STEPS, Job, JobStep
+from app.jobs.queue import RUN_REGISTRATION, enqueue_after_commit
 from app.paging import Page, SortKey, paginate
 from app.storage import BlobStore, digest_key
 
@@ -161,10 +163,14 @@ def register_asset(data: Mapping[str, Any], actor: Identity, store: BlobStore) -
             asset_id=asset.id,
             status="queued",
             created_by=actor.username,
+            request_id=request_id_var.get(),
             created_at=now,
+            enqueued_at=now,
         )
         job.steps = [JobStep(position=i, name=n) for i, n in enumerate(REGISTRATION_STEPS)]
         session.add(job)
+        session.flush()
+        enqueue_after_commit(session(), RUN_REGISTRATION, [job.id])
         record_event(
             session,
             "asset_registered",

@@ -22,6 +22,7 @@ class Job(Base):
         Index("ix_jobs_asset_id_created_at", "asset_id", "created_at"),
         Index("ix_jobs_status_created_at", "status", "created_at"),
         Index("ix_jobs_created_at_id", "created_at", "id"),
+        Index("ix_jobs_status_heartbeat_at", "status", "heartbeat_at"),
     )
 
     id: Mapped[str] = mapped_column(String(26), primary_key=True, default=new_id)
@@ -36,6 +37,10 @@ class Job(Base):
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     started_at: Mapped[dt.datetime | None]
     finished_at: Mapped[dt.datetime | None]
+    # Lease of the worker running the job: renewed while it works; a stale one is taken over.
+    worker: Mapped[str | None] = mapped_column(String(255))
+    heartbeat_at: Mapped[dt.datetime | None]
+    enqueued_at: Mapped[dt.datetime | None]
 
     steps: Mapped[list[JobStep]] = relationship(
         order_by="JobStep.position",

@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
+import datetime as dt
+import logging
 from collections.abc import Mapping
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import or_, select
 
+from app.db import utcnow
 from app.errors import NotFoundError
 from app.extensions import db
+from app.jobs import pipeline
 from app.jobs.models import Job
+from app.jobs.queue import RUN_REGISTRATION, enqueue_after_commit
 from app.paging import Page, SortKey, paginate
+
+log = logging.getLogger(__name__)
 
 
 class JobNotFoundError(NotFoundError):
@@ -39,3 +46,48 @@ def list_jobs(args: Mapping[str, Any]) -> Page[Job]:
     return paginate(
         db.session, stmt, keys, limit=args["limit"], cursor=args.get("cursor"), bound_to=bound
     )
+
+
+REQUEUE_QUEUED_AFTER = dt.timedelta(minutes=5)
+
+
+def requeue_stale_jobs() -> int:
+    """Send again what no live worker holds (commits; called every few seconds by beat):
+
+    - running jobs whose lease went stale (their worker died): back to ``queued``;
+    - queued jobs never sent, or sent long ago (the broker was down or lost the message).
+
+    Returns how many were sent. Sending a job twice is harmless: a worker claims it only once.
+    """
+    now = utcnow()
+    stale = now - dt.timedelta(seconds=pipeline.LEASE_SECONDS)
+    session = db.session
+    taken_over = session.scalars(
+        select(Job)
+        .where(
+            Job.status == "running",
+            or_(Job.heartbeat_at.is_(None), Job.heartbeat_at < stale),
+        )
+        .limit(500)
+    ).all()
+    for job in taken_over:
+        log.warning("job %s: worker %s stopped renewing its lease; requeueing", job.id, job.worker)
+        job.status, job.worker, job.heartbeat_at = "queued", None, None
+        for step in job.steps:
+            if step.status == "running":
+                step.status, step.started_at = "pending", None
+        job.enqueued_at = None
+    session.flush()
+    lost = session.scalars(
+        select(Job)
+        .where(
+            Job.status == "queued",
+            or_(Job.enqueued_at.is_(None), Job.enqueued_at < now - REQUEUE_QUEUED_AFTER),
+        )
+        .limit(500)
+    ).all()
+    for job in lost:
+        job.enqueued_at = now
+        enqueue_after_commit(session(), RUN_REGISTRATION, [job.id])
+    session.commit()
+    return len(lost)

@@ -1,0 +1,297 @@
+"""Blobs: streamed uploads into the content-addressed store, streamed reads, and the
+``checksum`` step of the registration pipeline (CONTRACT.md §3, §5)."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import logging
+import time
+from collections.abc import Iterator
+from typing import IO, Any
+
+from flask import current_app
+
+from app.assets.errors import AssetNotFoundError
+from app.assets.models import Asset
+from app.blobs.errors import BlobNotFoundError, RangeNotSatisfiableError
+from app.blobs.models import Blob
+from app.db import utcnow
+from app.errors import (
+    InvalidInputError,
+    PayloadTooLargeError,
+    UnavailableError,
+    ValidationFailedError,
+)
+from app.extensions import db
+from app.jobs.pipeline import JobContext, StepResult, StorageUnavailableError
+from app.storage import (
+    BlobStore,
+    ChecksumMismatchError,
+    StorageError,
+    TooLargeError,
+    digest_key,
+)
+
+log = logging.getLogger(__name__)
+
+HEX = frozenset("0123456789abcdef")
+
+
+def parse_digest(text: str) -> str:
+    """``sha256:<64 hex>`` -> the hex; 400 for anything else."""
+    algorithm, _, hex_digest = text.partition(":")
+    if algorithm != "sha256" or len(hex_digest) != 64 or not set(hex_digest) <= HEX:
+        raise InvalidInputError("a blob digest looks like sha256:<64 lower-case hex digits>")
+    return hex_digest
+
+
+def _store() -> BlobStore:
+    store: BlobStore = current_app.extensions["blob_store"]
+    return store
+
+
+def upload_blob(
+    stream: IO[bytes], *, expected_sha256: str | None, max_bytes: int, actor: str
+) -> tuple[Blob, bool]:
+    """Stream ``stream`` into the store while hashing it; returns the blob and whether it is new.
+
+    Memory stays bounded whatever the size. Nothing is kept when the body is cut off, exceeds
+    ``max_bytes`` (413) or does not match ``expected_sha256`` (422). The same bytes twice are
+    one blob (the second upload returns ``created=False``). Commits the blob's row.
+    """
+    if expected_sha256 is not None:
+        expected_sha256 = expected_sha256.strip().lower()
+        if len(expected_sha256) != 64 or not set(expected_sha256) <= HEX:
+            raise ValidationFailedError(
+                {"X-Checksum-SHA256": ["must be the 64 hex digits of the body's SHA-256"]}
+            )
+    try:
+        result = _store().put(stream, expected_sha256=expected_sha256, max_bytes=max_bytes)
+    except TooLargeError:
+        raise PayloadTooLargeError(f"a blob may hold at most {max_bytes} bytes") from None
+    except ChecksumMismatchError as exc:
+        raise ValidationFailedError(
+            {"X-Checksum-SHA256": [f"the body's SHA-256 is {exc.actual}, not {expected_sha256}"]}
+        ) from None
+    except StorageError as exc:
+        raise UnavailableError(f"the blob store is unavailable: {exc}") from None
+    digest = f"sha256:{result.hex_digest}"
+    blob = db.session.get(Blob, digest)
+    if blob is None:
+        blob = Blob(
+            digest=digest,
+            size_bytes=result.size,
+            uri=result.uri,
+            created_by=actor,
+            created_at=utcnow(),
+        )
+        db.session.add(blob)
+        db.session.commit()
+    return blob, result.created
+
+
+@dataclasses.dataclass(frozen=True)
+class BlobRead:
+    """What to send for a blob read: headers and a lazy body (or a redirect)."""
+
+    hex_digest: str | None
+    size: int
+    start: int
+    length: int
+    partial: bool
+    etag: str
+    body: Iterator[bytes] | None
+    redirect: str | None = None
+
+
+def _byte_range(header: str | None, size: int) -> tuple[int, int] | None:
+    """(start, length) for one ``bytes=`` range; None to send everything. RFC 9110 §14:
+    a header we cannot parse, or several ranges, is ignored; one that misses the body is 416."""
+    if not header:
+        return None
+    unit, _, spec = header.partition("=")
+    if unit.strip().lower() != "bytes" or "," in spec:
+        return None
+    first, dash, last = spec.strip().partition("-")
+    if not dash:
+        return None
+    try:
+        if first == "":
+            suffix = int(last)
+            if suffix <= 0:
+                raise RangeNotSatisfiableError(
+                    "an empty suffix range selects nothing",
+                    headers={"Content-Range": f"bytes */{size}"},
+                )
+            start = max(0, size - suffix)
+            return start, size - start
+        start = int(first)
+        end = int(last) if last else size - 1
+    except ValueError:
+        return None
+    if start < 0 or end < start:
+        return None
+    if start >= size:
+        raise RangeNotSatisfiableError(
+            f"the range starts past the end ({size} bytes)",
+            headers={"Content-Range": f"bytes */{size}"},
+        )
+    end = min(end, size - 1)
+    return start, end - start + 1
+
+
+def read_blob(
+    key: str,
+    *,
+    etag: str,
+    hex_digest: str | None,
+    range_header: str | None,
+    head: bool,
+    redirect: bool,
+) -> BlobRead:
+    """Prepare a streamed read of ``key`` with Range support; ``BlobNotFoundError`` if absent."""
+    store = _store()
+    try:
+        size = store.size(key)
+        if size is None:
+            raise BlobNotFoundError(etag.strip('"'))
+        if redirect:
+            url = store.presign(key)
+            if url is not None:
+                return BlobRead(hex_digest, size, 0, size, False, etag, None, redirect=url)
+    except StorageError as exc:
+        raise UnavailableError(f"the blob store is unavailable: {exc}") from None
+    wanted = _byte_range(range_header, size)
+    start, length = wanted if wanted else (0, size)
+    body = None if head else store.open(key, start=start, length=length)
+    return BlobRead(hex_digest, size, start, length, wanted is not None, etag, body)
+
+
+def read_digest(digest: str, range_header: str | None, *, head: bool, redirect: bool) -> BlobRead:
+    hex_digest = parse_digest(digest)
+    return read_blob(
+        digest_key(hex_digest),
+        etag=f'"sha256:{hex_digest}"',
+        hex_digest=hex_digest,
+        range_header=range_header,
+        head=head,
+        redirect=redirect,
+    )
+
+
+def content_key(asset: Asset) -> str | None:
+    """The store key of an asset's content, or None for a metadata-only asset."""
+    if asset.storage_uri:
+        return _store().key_for_uri(asset.storage_uri)
+    if asset.checksum_algorithm == "SHA256" and asset.checksum_value:
+        return digest_key(asset.checksum_value)
+    return None
+
+
+def read_asset_content(
+    asset_id: str, range_header: str | None, *, head: bool, redirect: bool
+) -> BlobRead:
+    """``GET /v1/assets/{id}/content``: 404 for a metadata-only asset or missing bytes."""
+    asset = db.session.get(Asset, asset_id)
+    if asset is None or asset.deleted_at is not None:
+        raise AssetNotFoundError(asset_id)
+    key = content_key(asset)
+    if key is None:
+        raise AssetNotFoundError(f"{asset_id} content (it is metadata-only)")
+    algorithm = (asset.checksum_algorithm or "").lower()
+    hex_digest = asset.checksum_value if algorithm == "sha256" else None
+    return read_blob(
+        key,
+        etag=f'"{algorithm}:{asset.checksum_value}"',
+        hex_digest=hex_digest,
+        range_header=range_header,
+        head=head,
+        redirect=redirect,
+    )
+
+
+# ---- the checksum step -----------------------------------------------------------------------
+
+
+def new_hasher(algorithm: str) -> Any:
+    if algorithm == "SHA256":
+        return hashlib.sha256()
+    if algorithm == "SHA3_256":
+        return hashlib.sha3_256()
+    if algorithm == "BLAKE3":
+        import blake3
+
+        return blake3.blake3(max_threads=1)
+    raise ValueError(f"unknown checksum algorithm {algorithm}")
+
+
+def verify_content_step(asset: Asset, context: JobContext) -> StepResult:
+    """The ``checksum`` step: stream the content from the store, recompute the declared digest
+    and compare. Never holds the blob in memory; renews the job's lease while it reads."""
+    if asset.checksum_algorithm is None or asset.checksum_value is None:
+        return StepResult("skipped", "metadata-only asset: there is no content to verify")
+    store = _store()
+    key = content_key(asset)
+    uri = asset.storage_uri or (store.uri_for(key) if key else "")
+    if key is None:
+        return StepResult(
+            "failed", f"{uri} is not inside the blob store {store.url}", "BLOB_NOT_FOUND"
+        )
+    try:
+        size = store.size(key)
+        if size is None:
+            return StepResult(
+                "failed",
+                f"no object at {uri}: upload the bytes (POST /v1/blobs) or fix storage.uri, "
+                "then register a new version",
+                "BLOB_NOT_FOUND",
+            )
+        hasher = new_hasher(asset.checksum_algorithm)
+        started, seen = time.monotonic(), 0
+        for chunk in store.open(key):
+            hasher.update(chunk)
+            seen += len(chunk)
+            context.heartbeat()
+    except StorageError as exc:
+        raise StorageUnavailableError(str(exc)) from exc
+    seconds = max(time.monotonic() - started, 1e-9)
+    actual = hasher.hexdigest()
+    label = asset.checksum_algorithm
+    if actual != asset.checksum_value:
+        message = (
+            f"declared {label} {asset.checksum_value} but the content at {uri} has "
+            f"{actual}: register a new version with the right checksum or bytes"
+        )
+        return StepResult(
+            "failed",
+            message,
+            "CHECKSUM_MISMATCH",
+            events=(
+                (
+                    "checksum_failed",
+                    {"algorithm": label, "expected": asset.checksum_value, "actual": actual},
+                ),
+            ),
+        )
+    if asset.size_bytes is not None and asset.size_bytes != seen:
+        message = f"declared size_bytes {asset.size_bytes} but the content has {seen} bytes"
+        return StepResult(
+            "failed",
+            message,
+            "CHECKSUM_MISMATCH",
+            events=(
+                (
+                    "checksum_failed",
+                    {"algorithm": label, "expected_size": asset.size_bytes, "actual_size": seen},
+                ),
+            ),
+        )
+    if asset.size_bytes is None:
+        asset.size_bytes = seen
+    rate = seen / seconds / 1e6
+    return StepResult(
+        "passed",
+        f"{label} matches ({seen} bytes read in {seconds:.2f} s, {rate:.0f} MB/s)",
+        events=(("checksum_verified", {"algorithm": label, "value": actual, "size_bytes": seen}),),
+    )
