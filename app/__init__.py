@@ -86,6 +86,10 @@ def create_app(
     db.init_app(app)
     migrate.init_app(app, db, directory=str(_migrations_dir()), render_as_batch=True)
     jwt.init_app(app)
+    from app.converters import CONVERTERS
+
+    for name, (converter, _doc) in CONVERTERS.items():
+        app.url_map.converters[name] = converter
     api = make_api()
     app.extensions["api"] = api
     api.init_app(
@@ -110,6 +114,8 @@ def create_app(
         from app.db import install_sqlite_pragmas
 
         install_sqlite_pragmas(db.engine)
+    for _name, (converter, doc) in CONVERTERS.items():
+        api.register_converter(converter, lambda _c, doc=doc: doc)
     _register_blueprints(api)
     errors.register_error_handlers(app)
     observability.install_request_hooks(app)

@@ -103,7 +103,7 @@ class AssetById(MethodView):
         service.delete_asset(asset_id, current_identity(), args["force"])
 
 
-@blp.route("/<path:name>/versions")
+@blp.route("/<asset_name:name>/versions")
 class Versions(MethodView):
     @blp.requires("asset:read")
     @blp.arguments(VersionQueryArgsSchema, location="query")
@@ -114,7 +114,7 @@ class Versions(MethodView):
         return service.list_versions(name, args["limit"], args["cursor"])
 
 
-@blp.route("/<path:name>/versions/latest")
+@blp.route("/<asset_name:name>/versions/latest")
 class LatestVersion(MethodView):
     @blp.requires("asset:read")
     @blp.response(200, AssetSchema, headers=ETAG_HEADER)
@@ -124,7 +124,7 @@ class LatestVersion(MethodView):
         return _with_etag(service.latest_version(name))
 
 
-@blp.route("/<path:name>/versions/<string:version>")
+@blp.route("/<asset_name:name>/versions/<semver:version>")
 class VersionByName(MethodView):
     @blp.requires("asset:read")
     @blp.response(200, AssetSchema, headers=ETAG_HEADER)

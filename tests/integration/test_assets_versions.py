@@ -248,3 +248,16 @@ def test_deleted_version_is_404(dev):
     gone = register(dev, "m", "1.0.0")
     assert dev.delete(f"/v1/assets/{gone}").status_code == 204
     problem(dev.get("/v1/assets/m/versions/1.0.0"), 404, "NOT_FOUND")
+
+
+def test_a_name_ending_in_versions_is_not_mistaken_for_a_version(dev):
+    # "acme" and "acme/versions" are both valid names; version segments start with a digit.
+    short = register(dev, "acme", "1.0.0", status="active")
+    long_ = register(dev, "acme/versions", "2.0.0", status="active")
+    listing = dev.get("/v1/assets/acme/versions/versions")
+    assert listing.status_code == 200, listing.get_json()
+    assert [item["id"] for item in listing.get_json()["items"]] == [long_]
+    assert dev.get("/v1/assets/acme/versions/versions/latest").get_json()["id"] == long_
+    assert dev.get("/v1/assets/acme/versions/1.0.0").get_json()["id"] == short
+    assert dev.get("/v1/assets/acme/versions/versions/2.0.0").get_json()["id"] == long_
+    assert dev.get("/v1/assets/acme/versions/latest").get_json()["id"] == short
