@@ -7,7 +7,7 @@ DEVSTAMP := $(VENV)/.dev-installed
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install dev-install run serve migrate test test-fast lint format typecheck services lock clean
+.PHONY: help install dev-install run serve migrate test test-fast lint format typecheck bench-blobs services lock clean
 
 help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  %-12s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -53,6 +53,9 @@ test: dev-install lint ## Lint, then the whole test suite against the real servi
 
 test-fast: dev-install ## The test suite without lint
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+bench-blobs: install ## Upload and verify a 2 GiB blob; print MB/s (vs openssl) and peak RSS
+	$(BIN)/python bench/bench_blobs.py --size-gib $${SIZE_GIB:-2}
 
 services: ## Start PostgreSQL, Redis and NATS on 127.0.0.1 if they are not answering
 	bash scripts/services.sh
