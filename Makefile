@@ -54,7 +54,7 @@ test: dev-install lint ## Lint, then the whole test suite against the real servi
 test-fast: dev-install ## The test suite without lint
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-bench-blobs: install ## Upload and verify a 2 GiB blob; print MB/s (vs openssl) and peak RSS
+bench-blobs: dev-install ## Upload and verify a 2 GiB blob; print MB/s (vs openssl) and peak RSS
 	$(BIN)/python bench/bench_blobs.py --size-gib $${SIZE_GIB:-2}
 
 services: ## Start PostgreSQL, Redis and NATS on 127.0.0.1 if they are not answering
