@@ -14,6 +14,7 @@ from sqlalchemy import update
 
 from app.assets.models import Asset
 from app.extensions import db
+from tests.helpers import problem
 
 
 def register(api: Any, name: str, version: str = "1.0.0", **fields: Any) -> str:
@@ -61,14 +62,6 @@ def all_pages(api: Any, **query: Any) -> list[str]:
             break
     assert total == len(seen)
     return seen
-
-
-def problem(response: Any, status: int, code: str) -> dict[str, Any]:
-    assert response.status_code == status, response.get_json()
-    assert response.headers["Content-Type"] == "application/problem+json"
-    doc: dict[str, Any] = response.get_json()
-    assert doc["code"] == code, doc
-    return doc
 
 
 # ---- shape and defaults ----------------------------------------------------------------------

@@ -11,6 +11,8 @@ from typing import Any
 import pytest
 from flask import Flask
 
+from tests.helpers import problem
+
 HEX = "ab" * 32
 ULID = "01J0000000000000000000000Z"
 
@@ -26,15 +28,6 @@ def register(api: Any, **fields: Any) -> dict[str, Any]:
     response = api.post("/v1/assets", json=body(**fields))
     assert response.status_code == 202, response.get_json()
     return response.get_json()  # type: ignore[no-any-return]
-
-
-def problem(response: Any, status: int, code: str) -> dict[str, Any]:
-    assert response.status_code == status, response.get_json()
-    assert response.headers["Content-Type"] == "application/problem+json"
-    doc: dict[str, Any] = response.get_json()
-    assert doc["code"] == code, doc
-    assert doc["status"] == status
-    return doc
 
 
 def invalid(api: Any, payload: Any) -> dict[str, list[str]]:

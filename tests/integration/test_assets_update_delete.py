@@ -6,11 +6,12 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from sqlalchemy import select, update
+from sqlalchemy import select
 
-from app.assets.models import Asset, AssetDependency
+from app.assets.models import AssetDependency
 from app.events.models import Event
 from app.extensions import db
+from tests.helpers import problem, set_status
 
 POLICY_SPEC = {"rules": [{"name": "r", "expression": "true", "severity": "warn"}]}
 
@@ -25,20 +26,6 @@ def register(
     if status is not None:
         set_status(asset["id"], status)
     return asset
-
-
-def set_status(asset_id: str, status: str) -> None:
-    """What the registration pipeline would do; it is not part of these tests."""
-    db.session.execute(update(Asset).where(Asset.id == asset_id).values(status=status))
-    db.session.commit()
-
-
-def problem(response: Any, status: int, code: str) -> dict[str, Any]:
-    assert response.status_code == status, response.get_json()
-    assert response.headers["Content-Type"] == "application/problem+json"
-    doc: dict[str, Any] = response.get_json()
-    assert doc["code"] == code, doc
-    return doc
 
 
 def patch(api: Any, asset_id: str, changes: Any, **kw: Any) -> dict[str, Any]:

@@ -7,10 +7,8 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from sqlalchemy import update
 
-from app.assets.models import Asset
-from app.extensions import db
+from tests.helpers import problem, set_status
 
 
 def register(api: Any, name: str, version: str, status: str | None = None, **fields: Any) -> str:
@@ -21,20 +19,6 @@ def register(api: Any, name: str, version: str, status: str | None = None, **fie
     if status is not None:
         set_status(asset_id, status)
     return asset_id
-
-
-def set_status(asset_id: str, status: str) -> None:
-    """What the registration pipeline would do; it is not part of these tests."""
-    db.session.execute(update(Asset).where(Asset.id == asset_id).values(status=status))
-    db.session.commit()
-
-
-def problem(response: Any, status: int, code: str) -> dict[str, Any]:
-    assert response.status_code == status, response.get_json()
-    assert response.headers["Content-Type"] == "application/problem+json"
-    doc: dict[str, Any] = response.get_json()
-    assert doc["code"] == code, doc
-    return doc
 
 
 def versions(api: Any, path_name: str, **query: Any) -> list[str]:
