@@ -146,7 +146,7 @@ def _celery(args: list[str], config: str | None) -> None:
     if config:
         os.environ["REGISTRY_CONFIG"] = config
     celery = Path(sys.executable).with_name("celery")
-    os.execv(str(celery), [str(celery), "-A", "celery_app:celery", *args])  # noqa: S606
+    os.execv(str(celery), [str(celery), "--quiet", "-A", "celery_app:celery", *args])  # noqa: S606
 
 
 @main.command()

@@ -38,7 +38,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_default_queue": "registry",
         "include": ["workers.registration"],
         "beat_schedule": {
-            "requeue-stale-jobs": {"task": "registry.jobs.requeue_stale", "schedule": 15.0},
+            "requeue-stale-jobs": {"task": "registry.jobs.requeue_stale", "schedule": 30.0},
         },
         "beat_schedule_filename": str(Path(settings.var_dir) / "celerybeat-schedule"),
         "timezone": "UTC",

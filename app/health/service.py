@@ -6,6 +6,7 @@ most a second or two, never hang.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import socket
@@ -21,6 +22,7 @@ from sqlalchemy import text
 
 from app.extensions import db
 from config import Settings
+from config.celery import broker_url
 
 TIMEOUT_SECONDS = 2.0
 
@@ -97,10 +99,24 @@ def _blob_store(settings: Settings) -> Callable[[], str | None]:
     return check
 
 
+def _sqlite_broker(path: Path) -> Callable[[], str | None]:
+    def check() -> str | None:
+        import sqlite3
+
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with contextlib.closing(sqlite3.connect(path, timeout=TIMEOUT_SECONDS)) as connection:
+            connection.execute("SELECT 1")
+        return "embedded broker (SQLite)"
+
+    return check
+
+
 def _broker_check(settings: Settings) -> dict[str, Any]:
-    url = settings.celery_broker_url
-    if url and url.startswith(("redis://", "rediss://")):
+    url = broker_url(settings)
+    if url.startswith(("redis://", "rediss://")):
         return _timed(_redis(url))
+    if url.startswith("sqla+sqlite:///"):
+        return _timed(_sqlite_broker(Path(url.removeprefix("sqla+sqlite:///"))))
     return {"status": "disabled"}
 
 

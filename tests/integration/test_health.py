@@ -48,7 +48,10 @@ def test_health_with_nothing_but_the_database(client: FlaskClient) -> None:
     assert set(body["checks"]) == PARTS
     _assert_ok(body["checks"]["database"])
     _assert_ok(body["checks"]["blob_store"])  # the local default is always configured
-    for part in ("redis", "broker", "nats"):
+    # With no Redis the broker is the embedded SQLite one under ./var, and it is checked.
+    _assert_ok(body["checks"]["broker"])
+    assert "SQLite" in body["checks"]["broker"]["message"]
+    for part in ("redis", "nats"):
         assert body["checks"][part] == {"status": "disabled"}
 
 
@@ -122,7 +125,7 @@ def test_ready_checks_database_and_broker(client: FlaskClient, tmp_path: Path) -
     body = response.get_json()
     assert body["status"] == "ready"
     _assert_ok(body["checks"]["database"])
-    assert body["checks"]["broker"] == {"status": "disabled"}
+    _assert_ok(body["checks"]["broker"])  # the embedded SQLite broker
 
     with_broker = _client(tmp_path, REDIS_URL=REDIS_URL).get("/health/ready")
     assert with_broker.status_code == 200
