@@ -2,14 +2,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import Response, current_app, request, stream_with_context
+from flask import Response, current_app, request
 from flask.views import MethodView
 
 from app.auth.identity import current_identity
 from app.blobs import service
 from app.blobs.models import Blob
 from app.blobs.schemas import BlobReadArgsSchema, BlobSchema
-from app.errors import UnsupportedMediaTypeError
+from app.errors import InvalidInputError, UnsupportedMediaTypeError
 from app.http import not_modified
 from app.openapi import Blueprint
 
@@ -24,6 +24,8 @@ _READ_HEADERS = {
 
 
 def _respond(read: service.BlobRead) -> Response:
+    if read.not_modified:
+        return Response(status=304, headers={"ETag": read.etag})
     if read.redirect is not None:
         return Response(status=302, headers={"Location": read.redirect, "ETag": read.etag})
     headers = {
@@ -36,19 +38,24 @@ def _respond(read: service.BlobRead) -> Response:
         headers["X-Checksum-SHA256"] = read.hex_digest
     if read.partial:
         headers["Content-Range"] = f"bytes {read.start}-{read.start + read.length - 1}/{read.size}"
-    elif not_modified(read.etag):
-        if read.body is not None and hasattr(read.body, "close"):
-            read.body.close()
-        return Response(status=304, headers={"ETag": read.etag})
-    body = stream_with_context(read.body) if read.body is not None else b""
-    response = Response(
+    # No body for HEAD: an iterable, not b"", so that Werkzeug keeps our Content-Length.
+    # Not stream_with_context: the bytes need no request context, and letting the request end
+    # before they flow closes its database session (on SQLite, a held write lock) at once.
+    body = read.body if read.body is not None else []
+    return Response(
         body,
         status=206 if read.partial else 200,
         headers=headers,
         mimetype="application/octet-stream",
         direct_passthrough=True,
     )
-    return response
+
+
+def _chunked_without_end() -> bool:
+    """A chunked body the WSGI server does not terminate reads as empty in Werkzeug: refuse it
+    rather than store an empty blob (gunicorn and Werkzeug's server do terminate it)."""
+    chunked = "chunked" in request.headers.get("Transfer-Encoding", "").lower()
+    return chunked and not request.environ.get("wsgi.input_terminated")
 
 
 @blp.route("/blobs")
@@ -85,13 +92,20 @@ class Blobs(MethodView):
             raise UnsupportedMediaTypeError(
                 f"blobs are uploaded as application/octet-stream, not {mimetype}"
             )
+        if _chunked_without_end():
+            raise InvalidInputError(
+                "this server cannot read a chunked body to its end; send a Content-Length"
+            )
         limit = int(current_app.extensions["registry_settings"].max_blob_bytes)
-        request.max_content_length = limit
+        # One past the cap: the store counts the bytes and answers 413 itself; Werkzeug's own
+        # limit would refuse a streamed body of exactly MAX_BLOB_BYTES.
+        request.max_content_length = limit + 1
         blob, created = service.upload_blob(
             request.stream,
             expected_sha256=request.headers.get("X-Checksum-SHA256"),
             max_bytes=limit,
             actor=current_identity().username,
+            content_length=request.content_length,
         )
         return blob, 201 if created else 200, {"Location": f"/v1/blobs/{blob.digest}"}
 
@@ -121,7 +135,11 @@ class BlobByDigest(MethodView):
         """Download a blob, streamed, with Range support."""
         return _respond(
             service.read_digest(
-                digest, request.headers.get("Range"), head=False, redirect=args["redirect"]
+                digest,
+                request.headers.get("Range"),
+                head=False,
+                redirect=args["redirect"],
+                cached=not_modified,
             )
         )
 
@@ -131,7 +149,9 @@ class BlobByDigest(MethodView):
     def head(self, digest: str) -> Response:
         """The headers of a download, without the bytes."""
         return _respond(
-            service.read_digest(digest, request.headers.get("Range"), head=True, redirect=False)
+            service.read_digest(
+                digest, request.headers.get("Range"), head=True, redirect=False, cached=not_modified
+            )
         )
 
 
@@ -160,6 +180,10 @@ class AssetContent(MethodView):
         """Download an asset's content, streamed, with Range support."""
         return _respond(
             service.read_asset_content(
-                asset_id, request.headers.get("Range"), head=False, redirect=args["redirect"]
+                asset_id,
+                request.headers.get("Range"),
+                head=False,
+                redirect=args["redirect"],
+                cached=not_modified,
             )
         )

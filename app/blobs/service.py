@@ -6,11 +6,13 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import logging
+import re
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import IO, Any
 
 from flask import current_app
+from sqlalchemy.dialects import postgresql, sqlite
 
 from app.assets.errors import AssetNotFoundError
 from app.assets.models import Asset
@@ -30,6 +32,7 @@ from app.storage import (
     ChecksumMismatchError,
     StorageError,
     TooLargeError,
+    UploadInterruptedError,
     digest_key,
 )
 
@@ -52,13 +55,20 @@ def _store() -> BlobStore:
 
 
 def upload_blob(
-    stream: IO[bytes], *, expected_sha256: str | None, max_bytes: int, actor: str
+    stream: IO[bytes],
+    *,
+    expected_sha256: str | None,
+    max_bytes: int,
+    actor: str,
+    content_length: int | None = None,
 ) -> tuple[Blob, bool]:
     """Stream ``stream`` into the store while hashing it; returns the blob and whether it is new.
 
-    Memory stays bounded whatever the size. Nothing is kept when the body is cut off, exceeds
-    ``max_bytes`` (413) or does not match ``expected_sha256`` (422). The same bytes twice are
-    one blob (the second upload returns ``created=False``). Commits the blob's row.
+    Called by ``POST /v1/blobs``. Memory stays bounded whatever the size. Nothing is kept when
+    the body is cut off or shorter than ``content_length`` (400), exceeds ``max_bytes`` (413,
+    before reading anything when ``content_length`` says so) or does not match
+    ``expected_sha256`` (422). The same bytes twice are one blob (the second upload returns
+    ``created=False``), also when two uploads of them race. Commits the blob's row.
     """
     if expected_sha256 is not None:
         expected_sha256 = expected_sha256.strip().lower()
@@ -66,8 +76,20 @@ def upload_blob(
             raise ValidationFailedError(
                 {"X-Checksum-SHA256": ["must be the 64 hex digits of the body's SHA-256"]}
             )
+    if content_length is not None and content_length > max_bytes:
+        raise PayloadTooLargeError(f"a blob may hold at most {max_bytes} bytes")
+    # End the request's transaction before the (possibly hours-long) upload: on SQLite it
+    # holds the database's write lock (BEGIN IMMEDIATE), which would stall every other writer.
+    db.session.commit()
     try:
-        result = _store().put(stream, expected_sha256=expected_sha256, max_bytes=max_bytes)
+        result = _store().put(
+            stream,
+            expected_sha256=expected_sha256,
+            max_bytes=max_bytes,
+            expected_size=content_length,
+        )
+    except UploadInterruptedError as exc:
+        raise InvalidInputError(f"the upload was cut off ({exc}); nothing was kept") from None
     except TooLargeError:
         raise PayloadTooLargeError(f"a blob may hold at most {max_bytes} bytes") from None
     except ChecksumMismatchError as exc:
@@ -77,23 +99,30 @@ def upload_blob(
     except StorageError as exc:
         raise UnavailableError(f"the blob store is unavailable: {exc}") from None
     digest = f"sha256:{result.hex_digest}"
-    blob = db.session.get(Blob, digest)
-    if blob is None:
-        blob = Blob(
+    session = db.session
+    dialect = session.get_bind().dialect.name
+    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    # Two uploads of the same bytes may race here: the row is claimed, never inserted twice.
+    session.execute(
+        insert(Blob)
+        .values(
             digest=digest,
             size_bytes=result.size,
             uri=result.uri,
             created_by=actor,
             created_at=utcnow(),
         )
-        db.session.add(blob)
-        db.session.commit()
+        .on_conflict_do_nothing(index_elements=["digest"])
+    )
+    session.commit()
+    blob = session.get(Blob, digest, populate_existing=True)
+    assert blob is not None  # claimed above, and blob rows are never deleted
     return blob, result.created
 
 
 @dataclasses.dataclass(frozen=True)
 class BlobRead:
-    """What to send for a blob read: headers and a lazy body (or a redirect)."""
+    """What to send for a blob read: 304, a redirect, or headers and a lazy body."""
 
     hex_digest: str | None
     size: int
@@ -103,35 +132,36 @@ class BlobRead:
     etag: str
     body: Iterator[bytes] | None
     redirect: str | None = None
+    not_modified: bool = False
+
+
+_BYTE_RANGE = re.compile(r"bytes=(\d*)-(\d*)", re.IGNORECASE)
 
 
 def _byte_range(header: str | None, size: int) -> tuple[int, int] | None:
-    """(start, length) for one ``bytes=`` range; None to send everything. RFC 9110 §14:
-    a header we cannot parse, or several ranges, is ignored; one that misses the body is 416."""
-    if not header:
+    """(start, length) for one ``bytes=`` range; None to send everything. RFC 9110 §14: a
+    header we cannot parse, or several ranges, is ignored; one that misses the body is 416."""
+    match = _BYTE_RANGE.fullmatch(header.strip()) if header else None
+    if match is None:
         return None
-    unit, _, spec = header.partition("=")
-    if unit.strip().lower() != "bytes" or "," in spec:
-        return None
-    first, dash, last = spec.strip().partition("-")
-    if not dash:
-        return None
-    try:
-        if first == "":
-            suffix = int(last)
-            if suffix <= 0:
-                raise RangeNotSatisfiableError(
-                    "an empty suffix range selects nothing",
-                    headers={"Content-Range": f"bytes */{size}"},
-                )
-            start = max(0, size - suffix)
-            return start, size - start
-        start = int(first)
-        end = int(last) if last else size - 1
-    except ValueError:
-        return None
-    if start < 0 or end < start:
-        return None
+    first, last = match.groups()
+    if first == "":
+        if last == "":
+            return None
+        suffix = int(last)
+        if suffix == 0:
+            raise RangeNotSatisfiableError(
+                "an empty suffix range selects nothing",
+                headers={"Content-Range": f"bytes */{size}"},
+            )
+        if size == 0:
+            return None  # the last N bytes of nothing: the whole, empty, body
+        start = max(0, size - suffix)
+        return start, size - start
+    start = int(first)
+    end = int(last) if last else size - 1
+    if last and end < start:
+        return None  # invalid, so ignored (RFC 9110 §14.1.1)
     if start >= size:
         raise RangeNotSatisfiableError(
             f"the range starts past the end ({size} bytes)",
@@ -149,26 +179,42 @@ def read_blob(
     range_header: str | None,
     head: bool,
     redirect: bool,
+    cached: Callable[[str], bool] = lambda _etag: False,
 ) -> BlobRead:
-    """Prepare a streamed read of ``key`` with Range support; ``BlobNotFoundError`` if absent."""
+    """Prepare a streamed read of ``key``: ``BlobNotFoundError`` if absent; else, in the order of
+    RFC 9110 §13.2.2, a 304 when ``cached(etag)`` (the client's ``If-None-Match`` matches), a
+    redirect when asked for and the store presigns, 416 for a range past the end, or the bytes
+    (a lazy body, not opened for ``head``)."""
     store = _store()
     try:
         size = store.size(key)
         if size is None:
             raise BlobNotFoundError(etag.strip('"'))
+        if cached(etag):
+            return BlobRead(hex_digest, size, 0, size, False, etag, None, not_modified=True)
         if redirect:
             url = store.presign(key)
             if url is not None:
                 return BlobRead(hex_digest, size, 0, size, False, etag, None, redirect=url)
+        wanted = _byte_range(range_header, size)
+        start, length = wanted if wanted else (0, size)
+        body = None
+        if not head:
+            body = store.open(key, start=start, length=length if wanted else None)
     except StorageError as exc:
         raise UnavailableError(f"the blob store is unavailable: {exc}") from None
-    wanted = _byte_range(range_header, size)
-    start, length = wanted if wanted else (0, size)
-    body = None if head else store.open(key, start=start, length=length)
     return BlobRead(hex_digest, size, start, length, wanted is not None, etag, body)
 
 
-def read_digest(digest: str, range_header: str | None, *, head: bool, redirect: bool) -> BlobRead:
+def read_digest(
+    digest: str,
+    range_header: str | None,
+    *,
+    head: bool,
+    redirect: bool,
+    cached: Callable[[str], bool] = lambda _etag: False,
+) -> BlobRead:
+    """``GET``/``HEAD /v1/blobs/{digest}``: 400 for a malformed digest, 404 for an unknown one."""
     hex_digest = parse_digest(digest)
     return read_blob(
         digest_key(hex_digest),
@@ -177,6 +223,7 @@ def read_digest(digest: str, range_header: str | None, *, head: bool, redirect: 
         range_header=range_header,
         head=head,
         redirect=redirect,
+        cached=cached,
     )
 
 
@@ -190,7 +237,12 @@ def content_key(asset: Asset) -> str | None:
 
 
 def read_asset_content(
-    asset_id: str, range_header: str | None, *, head: bool, redirect: bool
+    asset_id: str,
+    range_header: str | None,
+    *,
+    head: bool,
+    redirect: bool,
+    cached: Callable[[str], bool] = lambda _etag: False,
 ) -> BlobRead:
     """``GET /v1/assets/{id}/content``: 404 for a metadata-only asset or missing bytes."""
     asset = db.session.get(Asset, asset_id)
@@ -208,6 +260,7 @@ def read_asset_content(
         range_header=range_header,
         head=head,
         redirect=redirect,
+        cached=cached,
     )
 
 

@@ -20,6 +20,7 @@ import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from stat import S_ISREG
 from typing import IO, Any
 from urllib.parse import unquote, urlsplit
 
@@ -35,6 +36,11 @@ class StorageError(Exception):
 
 class TooLargeError(Exception):
     """The upload went past the size cap; nothing was kept."""
+
+
+class UploadInterruptedError(Exception):
+    """Reading the upload's body failed before its end (the client went away); nothing was
+    kept. Not a store failure: the store is fine, the bytes never all arrived."""
 
 
 class ChecksumMismatchError(Exception):
@@ -54,13 +60,19 @@ class PutResult:
 
 
 def _read_hashing(
-    stream: IO[bytes], max_bytes: int | None, sink: Any, chunk_size: int = UPLOAD_CHUNK
+    stream: IO[bytes], max_bytes: int | None, sink: Any, expected_size: int | None = None
 ) -> tuple[str, int]:
-    """Copy ``stream`` into ``sink(chunk)`` while hashing; returns (hex sha256, size)."""
+    """Copy ``stream`` into ``sink(chunk)`` while hashing; returns (hex sha256, size).
+
+    An ``OSError`` from the stream (a reset connection) becomes ``UploadInterruptedError`` so
+    that callers never mistake the client's failure for the store's (``StorageError``)."""
     digest = hashlib.sha256()
     size = 0
     while True:
-        chunk = stream.read(chunk_size)
+        try:
+            chunk = stream.read(UPLOAD_CHUNK)
+        except OSError as exc:
+            raise UploadInterruptedError(str(exc) or exc.__class__.__name__) from exc
         if not chunk:
             break
         size += len(chunk)
@@ -68,11 +80,19 @@ def _read_hashing(
             raise TooLargeError(size)
         digest.update(chunk)
         sink(chunk)
+    if expected_size is not None and size != expected_size:
+        # Some servers (gunicorn) end the body quietly when the client goes away mid-upload.
+        raise UploadInterruptedError(f"the body ended after {size} of {expected_size} bytes")
     return digest.hexdigest(), size
 
 
 def digest_key(hex_digest: str) -> str:
     return f"sha256/{hex_digest[:2]}/{hex_digest}"
+
+
+def _is_temporary(key: str) -> bool:
+    """Whether ``key`` is an upload in progress, which no URI may name."""
+    return key == INCOMING or key.startswith(INCOMING + "/")
 
 
 class BlobStore(abc.ABC):
@@ -94,9 +114,19 @@ class BlobStore(abc.ABC):
 
     @abc.abstractmethod
     def put(
-        self, stream: IO[bytes], *, expected_sha256: str | None = None, max_bytes: int | None = None
+        self,
+        stream: IO[bytes],
+        *,
+        expected_sha256: str | None = None,
+        max_bytes: int | None = None,
+        expected_size: int | None = None,
     ) -> PutResult:
-        """Store the bytes of ``stream`` under their digest key (see the module docstring)."""
+        """Store the bytes of ``stream`` under their digest key (see the module docstring).
+
+        Raises ``TooLargeError`` past ``max_bytes``, ``ChecksumMismatchError`` when the digest
+        is not ``expected_sha256``, ``UploadInterruptedError`` when the stream fails or ends
+        before ``expected_size`` bytes (a ``Content-Length``), ``StorageError`` when the store
+        fails; in each case nothing is kept."""
 
     @abc.abstractmethod
     def size(self, key: str) -> int | None:
@@ -136,13 +166,19 @@ class LocalBlobStore(BlobStore):
         path = Path(posixpath.normpath(unquote(parts.path)))
         if not path.is_relative_to(self.root) or path == self.root:
             return None
-        return path.relative_to(self.root).as_posix()
+        key = path.relative_to(self.root).as_posix()
+        return None if _is_temporary(key) else key
 
     def exists(self, key: str) -> bool:
         return self._path(key).is_file()
 
     def put(
-        self, stream: IO[bytes], *, expected_sha256: str | None = None, max_bytes: int | None = None
+        self,
+        stream: IO[bytes],
+        *,
+        expected_sha256: str | None = None,
+        max_bytes: int | None = None,
+        expected_size: int | None = None,
     ) -> PutResult:
         incoming = self.root / INCOMING
         try:
@@ -153,7 +189,7 @@ class LocalBlobStore(BlobStore):
         tmp = Path(tmp_name)
         try:
             with os.fdopen(fd, "wb") as fh:
-                hex_digest, size = _read_hashing(stream, max_bytes, fh.write)
+                hex_digest, size = _read_hashing(stream, max_bytes, fh.write, expected_size)
                 fh.flush()
                 os.fsync(fh.fileno())
             if expected_sha256 is not None and expected_sha256 != hex_digest:
@@ -176,11 +212,14 @@ class LocalBlobStore(BlobStore):
 
     def size(self, key: str) -> int | None:
         try:
-            return self._path(key).stat().st_size
-        except FileNotFoundError:
+            stat = self._path(key).stat()
+        except (FileNotFoundError, NotADirectoryError):
             return None
         except OSError as exc:
             raise StorageError(str(exc)) from exc
+        if not S_ISREG(stat.st_mode):
+            return None  # a directory of the store's layout is no object
+        return stat.st_size
 
     def open(self, key: str, start: int = 0, length: int | None = None) -> Iterator[bytes]:
         path = self._path(key)
@@ -250,7 +289,9 @@ class S3BlobStore(BlobStore):
             if not object_key.startswith(self.prefix + "/"):
                 return None
             object_key = object_key[len(self.prefix) + 1 :]
-        return object_key or None
+        if not object_key or _is_temporary(object_key):
+            return None
+        return object_key
 
     def exists(self, key: str) -> bool:
         return self.size(key) is not None
@@ -269,17 +310,22 @@ class S3BlobStore(BlobStore):
         return int(head["ContentLength"])
 
     def put(
-        self, stream: IO[bytes], *, expected_sha256: str | None = None, max_bytes: int | None = None
+        self,
+        stream: IO[bytes],
+        *,
+        expected_sha256: str | None = None,
+        max_bytes: int | None = None,
+        expected_size: int | None = None,
     ) -> PutResult:
         from botocore.exceptions import BotoCoreError, ClientError
 
         tmp_key = self._object_key(f"{INCOMING}/{uuid.uuid4().hex}")
         upload = _MultipartUpload(self.client, self.bucket, tmp_key)
         try:
-            hex_digest, size = _read_hashing(stream, max_bytes, upload.write)
-            upload.complete()
+            hex_digest, size = _read_hashing(stream, max_bytes, upload.write, expected_size)
             if expected_sha256 is not None and expected_sha256 != hex_digest:
-                raise ChecksumMismatchError(hex_digest)
+                raise ChecksumMismatchError(hex_digest)  # before completing: nothing to delete
+            upload.complete()
             key = digest_key(hex_digest)
             created = not self.exists(key)
             if created:
@@ -295,6 +341,8 @@ class S3BlobStore(BlobStore):
     def open(self, key: str, start: int = 0, length: int | None = None) -> Iterator[bytes]:
         from botocore.exceptions import BotoCoreError, ClientError
 
+        if length == 0:
+            return iter(())  # "bytes=N-(N-1)" is no range: S3 would send everything
         extra: dict[str, str] = {}
         if start or length is not None:
             end = "" if length is None else str(start + length - 1)
@@ -362,7 +410,7 @@ class _MultipartUpload:
             Key=self.key,
             UploadId=self.upload_id,
             PartNumber=number,
-            Body=bytes(self.buffer),
+            Body=self.buffer,  # no copy: the call returns before the buffer is reused
         )
         self.parts.append({"PartNumber": number, "ETag": response["ETag"]})
         self.buffer.clear()
