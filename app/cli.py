@@ -152,7 +152,10 @@ def _celery(args: list[str], config: str | None) -> None:
 @main.command()
 @config_option
 @click.option(
-    "--queues", default="registry", show_default=True, help="Comma-separated queues to consume."
+    "--queues",
+    default="registry,registry-control",
+    show_default=True,
+    help="Comma-separated queues to consume.",
 )
 @click.option("--concurrency", type=int, default=None, help="Worker processes (default: CPUs).")
 @click.option("--loglevel", default=None, help="Celery log level (default: LOG_LEVEL).")

@@ -36,6 +36,9 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_time_limit": 3300,
         "broker_transport_options": transport_options,
         "task_default_queue": "registry",
+        # Housekeeping gets a queue of its own so a dedicated worker can serve it while the
+        # main fleet is busy hashing large blobs (every worker also consumes it by default).
+        "task_routes": {"registry.jobs.requeue_stale": {"queue": "registry-control"}},
         "include": ["workers.registration"],
         "beat_schedule": {
             "requeue-stale-jobs": {"task": "registry.jobs.requeue_stale", "schedule": 30.0},

@@ -36,13 +36,13 @@ def run_registration(self: Task, job_id: str) -> None:
     except pipeline.LeaseLostError:
         log.warning("job %s was taken over by another worker", job_id)
     except SoftTimeLimitExceeded:
-        pipeline.fail_job(job_id, "TIMEOUT", "the job ran past its time limit")
+        pipeline.fail_job(job_id, "TIMEOUT", "the job ran past its time limit", worker)
     except _TRANSIENT as exc:
         code = getattr(exc, "code", "INTERNAL_ERROR")
         if isinstance(exc, OperationalError):
             code = "INTERNAL_ERROR"
         if self.request.retries >= MAX_RETRIES:
-            pipeline.fail_job(job_id, code, f"gave up after {MAX_RETRIES} retries: {exc}")
+            pipeline.fail_job(job_id, code, f"gave up after {MAX_RETRIES} retries: {exc}", worker)
             return
         try:
             pipeline.release_job(job_id, worker)
@@ -53,7 +53,9 @@ def run_registration(self: Task, job_id: str) -> None:
         raise self.retry(exc=exc, countdown=countdown) from exc
     except Exception as exc:  # a bug: fail the job rather than retry it forever
         log.exception("job %s crashed", job_id)
-        pipeline.fail_job(job_id, "INTERNAL_ERROR", f"the worker failed: {exc.__class__.__name__}")
+        pipeline.fail_job(
+            job_id, "INTERNAL_ERROR", f"the worker failed: {exc.__class__.__name__}", worker
+        )
 
 
 @shared_task(name="registry.jobs.requeue_stale", ignore_result=True)

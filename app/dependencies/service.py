@@ -102,6 +102,11 @@ def resolve_dependencies(session: DbSession, asset: Asset) -> Resolution:
     deprecated. Call under ``serialize_graph_changes``.
     """
     rows = list(asset.dependency_rows)
+    own = _own_name_cycle(asset)
+    if own is not None:
+        # Checked first: with no other version of the name active, the range would otherwise
+        # look unsatisfiable, but in the live graph it resolves to the candidate itself.
+        return Resolution(locked=[], missing=[], cycle=own)
     active = _active_versions(session, (r.name for r in rows if r.ref_id is None and r.name))
     by_id = _by_id(session, [r.ref_id for r in rows if r.ref_id])
     locked: list[tuple[AssetDependency, Candidate]] = []
@@ -143,6 +148,15 @@ def _by_id(session: DbSession, ids: list[str]) -> dict[str, Candidate]:
     return {r.id: Candidate(r.id, r.name, r.version, r.asset_type, r.status) for r in rows}
 
 
+def _own_name_cycle(asset: Asset) -> list[str] | None:
+    """A version that needs its own name (or itself) is a cycle whatever the range (§5)."""
+    for row in asset.dependency_rows:
+        if (row.ref_id is None and row.name == asset.name) or row.ref_id == asset.id:
+            label = f"{asset.name}@{asset.version}"
+            return [label, label]
+    return None
+
+
 def find_cycle(session: DbSession, asset: Asset) -> list[str] | None:
     """The path of a cycle through ``asset`` in the live graph, or None.
 
@@ -150,10 +164,10 @@ def find_cycle(session: DbSession, asset: Asset) -> list[str] | None:
     active versions plus the candidate itself (CONTRACT.md §5). A dependency on the candidate's
     own name is a cycle whatever the range.
     """
+    own = _own_name_cycle(asset)
+    if own is not None:
+        return own
     me = Candidate(asset.id, asset.name, asset.version, asset.asset_type, asset.status)
-    for row in asset.dependency_rows:
-        if row.name == asset.name or row.ref_id == asset.id:
-            return [_label(me), _label(me)]
     parents: dict[str, Candidate | None] = {me.id: None}
     nodes: dict[str, Candidate] = {me.id: me}
     frontier = [me]
@@ -249,10 +263,12 @@ def dependency_graph(
     walk = select(literal(asset_id).label("id"), literal(0).label("depth")).cte(
         "walk", recursive=True
     )
+    # A deleted asset has left every read (§4): the walk neither shows it nor goes through it.
     walk = walk.union(
         select(far.label("id"), (walk.c.depth + 1).label("depth"))
         .join(walk, near == walk.c.id)
-        .where(far.is_not(None), walk.c.depth < bindparam("limit", limit))
+        .join(Asset, Asset.id == far)
+        .where(Asset.deleted_at.is_(None), walk.c.depth < bindparam("limit", limit))
     )
     depth_of = {
         row.id: row.depth

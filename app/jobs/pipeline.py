@@ -59,18 +59,29 @@ class JobContext:
     last_beat: float = dataclasses.field(default_factory=time.monotonic)
 
     def heartbeat(self, force: bool = False) -> None:
-        """Renew the lease (at most every few seconds); ``LeaseLostError`` if it was taken."""
+        """Renew the lease (at most every few seconds, commits); ``LeaseLostError`` if it was
+        taken."""
         now = time.monotonic()
         if not force and now - self.last_beat < HEARTBEAT_SECONDS:
             return
-        self.last_beat = now
+        self.hold()
+        db.session.commit()
+
+    def hold(self) -> None:
+        """Renew the lease inside the current transaction, without committing.
+
+        Called right before a commit that writes the job's results: the job row stays locked
+        until that commit, so the reaper cannot take the job over between the check and the
+        write, and a worker that lost its lease writes nothing (rolled back, ``LeaseLostError``).
+        """
+        self.last_beat = time.monotonic()
         result = db.session.execute(
             update(Job)
             .where(Job.id == self.job_id, Job.worker == self.worker, Job.status == "running")
             .values(heartbeat_at=utcnow())
         )
-        db.session.commit()
         if result.rowcount != 1:  # type: ignore[attr-defined]
+            db.session.rollback()
             raise LeaseLostError(self.job_id)
 
 
@@ -106,25 +117,35 @@ def claim_job(job_id: str, worker: str) -> bool:
 
 
 def release_job(job_id: str, worker: str) -> None:
-    """Hand a claimed job back to the queue (before a retry) so any worker may take it."""
+    """Hand a claimed job back to the queue (before a retry) so any worker may take it; a job
+    that another worker has taken over meanwhile is left alone."""
     db.session.rollback()
-    db.session.execute(
+    result = db.session.execute(
         update(Job)
         .where(Job.id == job_id, Job.worker == worker, Job.status == "running")
         .values(status="queued", worker=None, heartbeat_at=None)
     )
-    for step in db.session.scalars(
-        select(JobStep).where(JobStep.job_id == job_id, JobStep.status == "running")
-    ):
-        step.status, step.started_at = "pending", None
+    if result.rowcount == 1:  # type: ignore[attr-defined]
+        for step in db.session.scalars(
+            select(JobStep).where(JobStep.job_id == job_id, JobStep.status == "running")
+        ):
+            step.status, step.started_at = "pending", None
     db.session.commit()
 
 
-def fail_job(job_id: str, code: str, message: str) -> None:
-    """The job could not run to a verdict (commits): ``failed`` with ``error``, ``job_failed``."""
+def fail_job(job_id: str, code: str, message: str, worker: str | None = None) -> None:
+    """The job could not run to a verdict (commits): ``failed`` with ``error``, ``job_failed``.
+
+    With ``worker``, only while that worker holds the job (or nobody does): a worker whose job
+    was taken over must not fail it under the new owner's feet.
+    """
     db.session.rollback()
-    job = db.session.get(Job, job_id)
+    job = db.session.get(Job, job_id, with_for_update=True, populate_existing=True)
     if job is None or job.status in ("succeeded", "failed"):
+        db.session.rollback()
+        return
+    if worker is not None and job.worker not in (None, worker):
+        db.session.rollback()
         return
     now = utcnow()
     job.status, job.finished_at, job.worker = "failed", now, None
@@ -160,7 +181,7 @@ def run_registration(
     assert job is not None
     asset = db.session.get(Asset, job.asset_id) if job.asset_id else None
     if asset is None or asset.deleted_at is not None:
-        fail_job(job_id, "INTERNAL_ERROR", "the asset was deleted before it was validated")
+        fail_job(job_id, "INTERNAL_ERROR", "the asset was deleted before it was validated", worker)
         return
     if asset.status == "pending":
         asset.status = "validating"
@@ -170,19 +191,21 @@ def run_registration(
         if step.status in ("passed", "skipped", "failed"):
             continue  # done by an earlier attempt
         step.status, step.started_at, step.finished_at = "running", utcnow(), None
+        context.hold()
         db.session.commit()
         result = steps[step.name](asset, context)
-        context.heartbeat(force=True)
         if result.status == "failed":
-            _reject(job, asset, step, result)
+            _reject(job, asset, step, result, context)
             return
         _finish_step(step, result, asset.id)
+        context.hold()
         db.session.commit()
     verdict = activate(asset, context)
     if verdict is not None:
         step = next(s for s in job.steps if s.name == "dependencies")
-        _reject(job, asset, step, verdict)
+        _reject(job, asset, step, verdict, context)
         return
+    context.hold()  # the verdict is written only under a lease still ours
     _succeed(job)
     db.session.commit()
 
@@ -193,8 +216,9 @@ def _finish_step(step: JobStep, result: StepResult, asset_id: str) -> None:
         record_event(db.session, event_type, asset_id, data)
 
 
-def _reject(job: Job, asset: Asset, step: JobStep, result: StepResult) -> None:
+def _reject(job: Job, asset: Asset, step: JobStep, result: StepResult, context: JobContext) -> None:
     """Record a blocking failure: the step failed, the rest skipped, the asset rejected."""
+    context.hold()  # before ``_succeed`` changes the job row the lease is checked on
     _finish_step(step, result, asset.id)
     now = utcnow()
     for later in job.steps:

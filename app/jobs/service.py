@@ -69,6 +69,9 @@ def requeue_stale_jobs() -> int:
             or_(Job.heartbeat_at.is_(None), Job.heartbeat_at < stale),
         )
         .limit(500)
+        # A locked row is a worker writing (its lease renewal and results commit together):
+        # skip it rather than overwrite what it is about to commit.
+        .with_for_update(skip_locked=True)
     ).all()
     for job in taken_over:
         log.warning("job %s: worker %s stopped renewing its lease; requeueing", job.id, job.worker)
@@ -85,6 +88,7 @@ def requeue_stale_jobs() -> int:
             or_(Job.enqueued_at.is_(None), Job.enqueued_at < now - REQUEUE_QUEUED_AFTER),
         )
         .limit(500)
+        .with_for_update(skip_locked=True)
     ).all()
     for job in lost:
         job.enqueued_at = now
