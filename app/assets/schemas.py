@@ -15,6 +15,7 @@ from app.assets.models import (
     STATUSES,
 )
 from app.assets.semver import InvalidVersionError, parse_range, parse_version
+from app.policies.cel import CelCompileError, compile_expression
 from app.schemas import PagingArgsSchema, UTCDateTime, page_schema
 
 NAME_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,63}(/[a-z0-9][a-z0-9._-]{0,63})?$"
@@ -271,6 +272,56 @@ class TestSuiteSpecSchema(ma.Schema):
     )
 
 
+def _spec_expressions(spec: dict[str, Any]) -> list[tuple[str, int, str, str]]:
+    """``(section, index, field, owner)`` of each CEL expression in a policy or test-suite spec."""
+    found = []
+    for section, label in (("rules", "rule"), ("cases", "case")):
+        items = spec.get(section)
+        for index, item in enumerate(items if isinstance(items, list) else ()):
+            if not isinstance(item, dict):
+                continue
+            if section == "rules":
+                field: str | None = "expression"
+            else:
+                field = {"expression": "expression", "http": "expect"}.get(str(item.get("kind")))
+            name = item.get("name")
+            owner = f"{label} {name!r}" if isinstance(name, str) else f"{label} {index}"
+            if field is not None:
+                found.append((section, index, field, owner))
+    return found
+
+
+def _expression_errors(spec: dict[str, Any]) -> dict[str, Any]:
+    """Compile errors of the spec's CEL expressions (§6: 422 naming the rule or case), nested
+    as marshmallow nests errors: ``{"rules": {0: {"expression": [message]}}}``. Values the spec
+    schema rejects anyway (not a string, empty, too long) are left to it."""
+    errors: dict[str, Any] = {}
+    for section, index, field, owner in _spec_expressions(spec):
+        text = spec[section][index].get(field)
+        if not isinstance(text, str) or not 1 <= len(text) <= 4096:
+            continue
+        try:
+            compile_expression(text)
+        except CelCompileError as exc:
+            errors.setdefault(section, {})[index] = {
+                field: [f"{field} of {owner} does not compile: {exc.message}"]
+            }
+    return errors
+
+
+def _merge_errors(into: dict[Any, Any], extra: dict[Any, Any]) -> None:
+    for key, value in extra.items():
+        current = into.get(key)
+        if current is None:
+            into[key] = value
+        elif isinstance(current, dict) and isinstance(value, dict):
+            _merge_errors(current, value)
+        elif isinstance(current, list):
+            current.extend(value if isinstance(value, list) else [value])
+        else:
+            into[key] = [current, value]
+
+
 _SPEC_SCHEMAS: dict[str, type[ma.Schema]] = {
     "policy": PolicySpecSchema,
     "test_suite": TestSuiteSpecSchema,
@@ -325,6 +376,7 @@ class AssetCreateSchema(ma.Schema):
                 errors["spec"] = [f"is required for a {data['asset_type']}"]
             else:
                 spec_errors = schema().validate(spec)
+                _merge_errors(spec_errors, _expression_errors(spec))
                 if spec_errors:
                     errors["spec"] = spec_errors
         if data.get("storage") and not data.get("checksum"):
