@@ -133,12 +133,13 @@ def _register_blueprints(api: Any) -> None:
     from app.assets.routes import blp as assets
     from app.auth.routes import blp as auth
     from app.blobs.routes import blp as blobs
+    from app.compliance.routes import blp as compliance
     from app.dependencies.routes import blp as dependencies
     from app.health.routes import blp as health
     from app.jobs.routes import blp as jobs
     from app.users.routes import blp as users
 
-    for blueprint in (health, auth, users, blobs, dependencies, assets, jobs):
+    for blueprint in (health, auth, users, blobs, dependencies, compliance, assets, jobs):
         api.register_blueprint(blueprint)
 
 

@@ -153,7 +153,7 @@ def _celery(args: list[str], config: str | None) -> None:
 @config_option
 @click.option(
     "--queues",
-    default="registry,registry-control",
+    default="registry,registry-tests,registry-control",
     show_default=True,
     help="Comma-separated queues to consume.",
 )

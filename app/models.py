@@ -4,6 +4,7 @@ from app.assets.models import Asset, AssetDependency, AssetName, AssetTag
 from app.blobs.models import Blob
 from app.events.models import Event
 from app.jobs.models import Job, JobStep
+from app.testsuites.models import TestRun
 from app.users.models import User
 
 __all__ = [
@@ -15,5 +16,6 @@ __all__ = [
     "Event",
     "Job",
     "JobStep",
+    "TestRun",
     "User",
 ]

@@ -38,10 +38,17 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_default_queue": "registry",
         # Housekeeping gets a queue of its own so a dedicated worker can serve it while the
         # main fleet is busy hashing large blobs (every worker also consumes it by default).
-        "task_routes": {"registry.jobs.requeue_stale": {"queue": "registry-control"}},
-        "include": ["workers.registration"],
+        "task_routes": {
+            "registry.jobs.requeue_stale": {"queue": "registry-control"},
+            "registry.compliance.schedule_scan": {"queue": "registry-control"},
+        },
+        "include": ["workers.registration", "workers.compliance"],
         "beat_schedule": {
             "requeue-stale-jobs": {"task": "registry.jobs.requeue_stale", "schedule": 30.0},
+            "compliance-scan": {
+                "task": "registry.compliance.schedule_scan",
+                "schedule": float(settings.compliance_scan_interval_seconds),
+            },
         },
         "beat_schedule_filename": str(Path(settings.var_dir) / "celerybeat-schedule"),
         "timezone": "UTC",

@@ -11,6 +11,7 @@ from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm.exc import StaleDataError
 
 from app.jobs import pipeline
+from app.jobs.queue import QUEUE_DEFAULT
 from app.jobs.registration import run_registration_job
 from app.jobs.service import requeue_stale_jobs
 
@@ -27,12 +28,13 @@ _TRANSIENT = (pipeline.TransientError, OperationalError, StaleDataError)
     reject_on_worker_lost=True,
     max_retries=MAX_RETRIES,
 )
-def run_registration(self: Task, job_id: str) -> None:
-    """Validate one registration (idempotent). Transient failures are retried with exponential
-    backoff; when they persist, or the time limit hits, the job fails with an error code."""
+def run_registration(self: Task, job_id: str, queue: str = QUEUE_DEFAULT) -> None:
+    """Validate one registration (idempotent). ``queue`` is the queue this message came on
+    (steps bound to another queue are handed over). Transient failures are retried with
+    exponential backoff; when they persist, or the time limit hits, the job fails."""
     worker = f"{self.request.hostname or socket.gethostname()}/{self.request.id}"
     try:
-        run_registration_job(job_id, worker)
+        run_registration_job(job_id, worker, queue)
     except pipeline.LeaseLostError:
         log.warning("job %s was taken over by another worker", job_id)
     except SoftTimeLimitExceeded:

@@ -442,6 +442,13 @@ def update_asset(
             asset.id,
             {"from": status_change[0], "to": status_change[1]},
         )
+        if asset.asset_type == "policy":
+            # Which policy version applies may have changed: re-check what it governs.
+            from app.compliance.service import create_scan_job
+
+            create_scan_job(
+                actor=actor.username, policy_id=asset.id, reason="policy status changed"
+            )
     try:
         session.commit()
     except StaleDataError:

@@ -12,7 +12,7 @@ import dataclasses
 import datetime as dt
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from sqlalchemy import and_, func, or_, select, update
@@ -22,6 +22,7 @@ from app.db import utcnow
 from app.events.service import record_event
 from app.extensions import db
 from app.jobs.models import Job, JobStep
+from app.jobs.queue import QUEUE_DEFAULT, RUN_REGISTRATION, enqueue_after_commit
 
 log = logging.getLogger(__name__)
 
@@ -167,11 +168,17 @@ def run_registration(
     worker: str,
     steps: dict[str, StepFunction],
     activate: Callable[[Asset, JobContext], StepResult | None],
+    *,
+    queue: str = QUEUE_DEFAULT,
+    step_queues: Mapping[str, Callable[[Asset], str]] | None = None,
 ) -> None:
     """Run (or resume) a registration job to its verdict. Idempotent; commits per step.
 
     ``steps`` maps each step name to its function; ``activate`` runs last, under the graph lock,
     and may still reject (returns the failing step's result) or activates the asset.
+    ``step_queues`` names, per step, the Celery queue it must run on (for this asset); when it
+    is not ``queue`` (the one this worker serves), the job is handed over to that queue and
+    resumes there at that step — test suites run on a fleet of their own.
     """
     if not claim_job(job_id, worker):
         log.info("job %s is finished or running elsewhere", job_id)
@@ -190,6 +197,10 @@ def run_registration(
     for step in job.steps:
         if step.status in ("passed", "skipped", "failed"):
             continue  # done by an earlier attempt
+        wanted = (step_queues or {}).get(step.name, _default_queue)(asset)
+        if wanted != queue:
+            _hand_over(job, wanted, context)
+            return
         step.status, step.started_at, step.finished_at = "running", utcnow(), None
         context.hold()
         db.session.commit()
@@ -207,6 +218,20 @@ def run_registration(
         return
     context.hold()  # the verdict is written only under a lease still ours
     _succeed(job)
+    db.session.commit()
+
+
+def _default_queue(_asset: Asset) -> str:
+    return QUEUE_DEFAULT
+
+
+def _hand_over(job: Job, queue: str, context: JobContext) -> None:
+    """Put the job back as ``queued`` for a worker of ``queue`` (sent after the commit)."""
+    context.hold()
+    job.status, job.worker, job.heartbeat_at = "queued", None, None
+    job.params = {**(job.params or {}), "queue": queue}
+    job.enqueued_at = utcnow()
+    enqueue_after_commit(db.session(), RUN_REGISTRATION, [job.id, queue], queue=queue)
     db.session.commit()
 
 

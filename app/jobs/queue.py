@@ -21,8 +21,10 @@ from config.celery import celery_config
 log = logging.getLogger(__name__)
 
 RUN_REGISTRATION = "registry.jobs.run_registration"
+RUN_COMPLIANCE_SCAN = "registry.compliance.run_scan"
 REQUEUE_STALE = "registry.jobs.requeue_stale"
 QUEUE_DEFAULT = "registry"
+QUEUE_TESTS = "registry-tests"  # test-suite execution scales apart from checksums
 _PENDING = "registry_pending_tasks"
 
 

@@ -14,7 +14,12 @@ from app.errors import NotFoundError
 from app.extensions import db
 from app.jobs import pipeline
 from app.jobs.models import Job
-from app.jobs.queue import RUN_REGISTRATION, enqueue_after_commit
+from app.jobs.queue import (
+    QUEUE_DEFAULT,
+    RUN_COMPLIANCE_SCAN,
+    RUN_REGISTRATION,
+    enqueue_after_commit,
+)
 from app.paging import Page, SortKey, paginate
 
 log = logging.getLogger(__name__)
@@ -92,6 +97,10 @@ def requeue_stale_jobs() -> int:
     ).all()
     for job in lost:
         job.enqueued_at = now
-        enqueue_after_commit(session(), RUN_REGISTRATION, [job.id])
+        queue = (job.params or {}).get("queue", QUEUE_DEFAULT)
+        if job.kind == "compliance_scan":
+            enqueue_after_commit(session(), RUN_COMPLIANCE_SCAN, [job.id])
+        else:
+            enqueue_after_commit(session(), RUN_REGISTRATION, [job.id, queue], queue=queue)
     session.commit()
     return len(lost)

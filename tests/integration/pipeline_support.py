@@ -165,7 +165,7 @@ class Stack:
             "celery_app:celery",
             "worker",
             "--queues",
-            "registry,registry-control",
+            "registry,registry-tests,registry-control",
             "--loglevel",
             "INFO",
             "--without-gossip",

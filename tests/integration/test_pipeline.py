@@ -142,9 +142,15 @@ def test_uploaded_blob_is_verified_and_the_asset_becomes_active(stack: Stack) ->
     assert by_name["checksum"]["status"] == "passed"
     assert "SHA256" in by_name["checksum"]["detail"]
     assert by_name["dependencies"]["status"] == "passed"
-    for later in LATER_STEPS:
-        assert by_name[later]["status"] == "skipped"
-        assert by_name[later]["detail"]
+    # The governance steps ran: a file of no known format, no policy and no suite applies.
+    assert by_name["scan"]["status"] == "passed"
+    assert "format" in by_name["scan"]["detail"] or "unknown" in by_name["scan"]["detail"]
+    assert by_name["policies"]["status"] == "passed"
+    assert "no policy applies" in by_name["policies"]["detail"]
+    assert by_name["tests"]["status"] == "skipped"
+    assert "no test suite applies" in by_name["tests"]["detail"]
+    assert asset["artifact"]["format"] == "unknown"
+    assert asset["compliance"]["status"] == "compliant"
     for step in job["steps"]:
         assert step["started_at"] is None or step["started_at"] <= step["finished_at"]
         assert step["finished_at"] is not None
@@ -153,6 +159,8 @@ def test_uploaded_blob_is_verified_and_the_asset_becomes_active(stack: Stack) ->
     assert event_types(stack, doc["id"]) == [
         "asset_registered",
         "checksum_verified",
+        "policy_evaluated",
+        "compliance_changed",
         "asset_validated",
     ]
     content = stack.api("viewer").get(f"/v1/assets/{doc['id']}/content")
@@ -307,6 +315,8 @@ def test_content_on_s3(s3_stack: Stack) -> None:
         assert event_types(s3_stack, doc["id"]) == [
             "asset_registered",
             "checksum_verified",
+            "policy_evaluated",
+            "compliance_changed",
             "asset_validated",
         ]
     job = s3_stack.wait_job(wrong["job"]["id"])
@@ -739,7 +749,12 @@ def test_a_worker_whose_lease_was_taken_over_writes_no_verdict(stack: Stack) -> 
     assert_active(stack.wait_job(job_id), stack.asset(doc["id"]))
     assert job["attempts"] == 2
     types = event_types(stack, doc["id"])
-    assert types == ["asset_registered", "asset_validated"], types
+    assert types == [
+        "asset_registered",
+        "policy_evaluated",
+        "compliance_changed",
+        "asset_validated",
+    ], types
 
 
 def test_the_reaper_never_requeues_a_job_while_its_worker_commits(
