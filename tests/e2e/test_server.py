@@ -328,3 +328,53 @@ def test_pipeline_on_the_embedded_worker(server: Server) -> None:
     refused = s.delete(server.url(f"/v1/assets/{good['id']}"))
     assert refused.status_code == 409
     assert refused.json()["code"] == "HAS_DEPENDENTS"
+
+
+def test_policies_as_a_new_user_sees_them(server: Server) -> None:
+    """Write a policy, register a compliant and a violating model, and read why one was
+    rejected from the job and the compliance endpoint alone."""
+    server.login()
+    s = server.session
+    policy = _register(
+        server,
+        asset_type="policy",
+        name="e2e/license-allowlist",
+        version="1.0.0",
+        spec={
+            "applies_to": {"asset_types": ["model"]},
+            "rules": [
+                {
+                    "name": "allowed-license",
+                    "severity": "deny",
+                    "expression": 'asset.license in ["MIT", "Apache-2.0"]',
+                    "message": "license must be MIT or Apache-2.0",
+                }
+            ],
+        },
+    )
+    assert policy["status"] == "active", policy
+    good = _register(server, asset_type="model", name="e2e/good", version="1.0.0", license="MIT")
+    assert good["status"] == "active"
+    assert good["compliance"]["status"] == "compliant"
+
+    response = s.post(
+        server.url("/v1/assets"),
+        json={
+            "asset_type": "model",
+            "name": "e2e/gpl",
+            "version": "1.0.0",
+            "license": "GPL-3.0-only",
+        },
+    )
+    assert response.status_code == 202
+    job = _wait_job(server, response.headers["Location"])
+    failed = next(step for step in job["steps"] if step["status"] == "failed")
+    assert failed["name"] == "policies"
+    assert "allowed-license" in failed["detail"]
+    assert "license must be MIT or Apache-2.0" in failed["detail"]
+    report = s.get(server.url(f"/v1/assets/{response.json()['id']}/compliance")).json()
+    assert report["status"] == "non_compliant"
+    [result] = report["results"]
+    assert result["rule"] == "allowed-license"
+    assert result["passed"] is False
+    assert result["policy_id"] == policy["id"]
