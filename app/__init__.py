@@ -147,3 +147,26 @@ def _register_commands(app: Flask) -> None:
     from app.users.commands import users_cli
 
     app.cli.add_command(users_cli)
+
+
+def ensure_first_admin(app: Flask) -> None:
+    """Create the first admin from REGISTRY_ADMIN_USERNAME/PASSWORD when no user exists yet
+    (CONTRACT.md §2), whichever way the app was started. A database that is not migrated yet
+    is left alone: ``llm-registry migrate`` comes first, and the next start creates the admin."""
+    from sqlalchemy.exc import DBAPIError
+
+    from app.extensions import db
+    from app.users.service import ensure_first_admin as create_if_none
+
+    settings: Settings = app.extensions["registry_settings"]
+    if not settings.registry_admin_username or not settings.registry_admin_password:
+        return
+    with app.app_context():
+        try:
+            create_if_none(settings.registry_admin_username, settings.registry_admin_password)
+        except DBAPIError as exc:
+            db.session.rollback()
+            log.warning("first admin not created yet: %s", exc.__class__.__name__)
+        finally:
+            db.session.remove()
+            db.engine.dispose()  # no pooled connection crosses a fork (gunicorn --preload)

@@ -200,13 +200,17 @@ def run(config: str | None, host: str | None, port: int | None) -> None:
     settings = _settings(config, server_host=host, server_port=port)
     migrate_database(settings)
     username, password_note = _first_admin_for_run(settings)
+    password_file = Path(settings.var_dir) / "admin-password"
+    from_file = password_file.is_file() and not settings.registry_admin_password
+    password_source = f"$(cat {password_file})" if from_file else "'<password>'"
     local = settings.server_host in ("127.0.0.1", "0.0.0.0")
     base = f"http://{'localhost' if local else settings.server_host}:{settings.server_port}"
     click.echo(
         f"\nLLM Registry on {base}  (API docs: {base}/docs)\n"
         f"Log in as {username!r} {password_note}:\n"
+        f"  PW={password_source}\n"
         f"  curl -s -X POST {base}/v1/auth/login -H 'Content-Type: application/json' \\\n"
-        f'       -d \'{{"username": "{username}", "password": "<password>"}}\'\n'
+        f'       -d "{{\\"username\\": \\"{username}\\", \\"password\\": \\"$PW\\"}}"\n'
         "Then send 'Authorization: Bearer <access_token>' with every /v1 request.\n",
         err=True,
     )
@@ -251,7 +255,8 @@ def _first_admin_for_run(settings: Settings) -> tuple[str, str]:
     if settings.registry_admin_password:
         return username, "with REGISTRY_ADMIN_PASSWORD"
     if password_file.is_file():
-        return username, f"with the password in {password_file} ({password})"
+        # The path, not the secret: what the terminal shows may end up in a log.
+        return username, f"with the password in {password_file}"
     return username, "with the password you gave it"
 
 

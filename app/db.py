@@ -84,3 +84,15 @@ def install_sqlite_pragmas(engine: Engine) -> None:
     def _on_begin(conn: Any) -> None:
         # IMMEDIATE takes the write lock up front, so two writers queue instead of deadlocking.
         conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def insert_ignoring_conflicts(
+    session: DbSession, model: Any, index: list[str], **values: Any
+) -> None:
+    """INSERT ... ON CONFLICT (index) DO NOTHING, on PostgreSQL and SQLite alike: of concurrent
+    inserts of one key exactly one lands and none fails."""
+    from sqlalchemy.dialects import postgresql, sqlite
+
+    dialect = session.get_bind().dialect.name
+    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    session.execute(insert(model).values(**values).on_conflict_do_nothing(index_elements=index))

@@ -9,7 +9,9 @@ from flask_sqlalchemy import SQLAlchemy
 from app.db import Base
 from app.openapi import RegistryApi
 
-db = SQLAlchemy(metadata=Base.metadata)
+# expire_on_commit=False: what a use case returns is the state it committed. Reloading after
+# the commit would race with the worker that the commit just woke (a 202 showing "validating").
+db = SQLAlchemy(metadata=Base.metadata, session_options={"expire_on_commit": False})
 migrate = Migrate()
 jwt = JWTManager()
 

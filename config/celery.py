@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from kombu.entity import Queue
+
 from config.settings import Settings
 
 
@@ -36,6 +38,12 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_time_limit": 3300,
         "broker_transport_options": transport_options,
         "task_default_queue": "registry",
+        # Every worker consumes all three unless told otherwise (llm-registry worker --queues),
+        # also when started as `celery -A celery_app:celery worker`.
+        "task_queues": [
+            Queue(name)  # type: ignore[no-untyped-call]
+            for name in ("registry", "registry-tests", "registry-control")
+        ],
         # Housekeeping gets a queue of its own so a dedicated worker can serve it while the
         # main fleet is busy hashing large blobs (every worker also consumes it by default).
         "task_routes": {

@@ -135,7 +135,9 @@ def app(backend: str, request: pytest.FixtureRequest) -> Iterator[Flask]:
         original = db.session
         # A plain Session: Flask-SQLAlchemy's own would pick the engine over this connection.
         db.session = scoped_session(  # type: ignore[misc]
-            sessionmaker(bind=connection, join_transaction_mode="create_savepoint"),
+            sessionmaker(
+                bind=connection, join_transaction_mode="create_savepoint", expire_on_commit=False
+            ),
             scopefunc=_app_ctx_id,
         )
         try:

@@ -71,8 +71,12 @@ class License(ma.fields.String):
             raise ma.ValidationError("must be an SPDX license identifier of 1-256 characters")
         if re.fullmatch(r"LicenseRef-[A-Za-z0-9.-]+", text):
             return text  # a custom license, as SPDX spells them
-        result = _licensing.validate(text)
-        if result.errors or not result.normalized_expression:
+        try:
+            result = _licensing.validate(text)
+            valid = not result.errors and bool(result.normalized_expression)
+        except Exception:  # the library raises on some malformed expressions ("MIT/Apache-2.0")
+            valid = False
+        if not valid:
             raise ma.ValidationError(
                 f"{text!r} is not an SPDX license identifier or expression (see spdx.org/licenses)"
             )

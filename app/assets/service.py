@@ -12,7 +12,6 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from sqlalchemy import Select, and_, exists, func, or_, select
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm.exc import StaleDataError
 
@@ -34,14 +33,20 @@ from app.assets.models import (
 from app.assets.semver import parse_version, sort_key, without_build
 from app.auth.identity import Identity
 from app.context import request_id_var
-from app.db import DbSession, utcnow
-from app.errors import ConflictError, ForbiddenError, PreconditionFailedError, ValidationFailedError
+from app.db import DbSession, insert_ignoring_conflicts, utcnow
+from app.errors import (
+    ConflictError,
+    ForbiddenError,
+    PreconditionFailedError,
+    UnavailableError,
+    ValidationFailedError,
+)
 from app.events.service import record_event
 from app.extensions import db
 from app.jobs.models import REGISTRATION_STEPS, Job, JobStep
 from app.jobs.queue import RUN_REGISTRATION, enqueue_after_commit
 from app.paging import Page, SortKey, paginate
-from app.storage import BlobStore, digest_key
+from app.storage import BlobStore, StorageError, digest_key
 
 # PATCH status transitions: current -> allowed targets.
 TRANSITIONS: dict[str, frozenset[str]] = {
@@ -75,7 +80,11 @@ def _check_content(data: Mapping[str, Any], store: BlobStore) -> None:
             raise ValidationFailedError(
                 {"checksum.algorithm": ["must be SHA256 when no storage.uri is given"]}
             )
-        if not store.exists(digest_key(checksum["value"])):
+        try:
+            stored = store.exists(digest_key(checksum["value"]))
+        except StorageError as exc:
+            raise UnavailableError(f"the blob store is unavailable: {exc}") from None
+        if not stored:
             raise ValidationFailedError(
                 {
                     "checksum.value": [
@@ -88,11 +97,8 @@ def _check_content(data: Mapping[str, Any], store: BlobStore) -> None:
 
 def _claim_name(session: DbSession, name: str, asset_type: str) -> None:
     """Pin the name to its first type; a concurrent first registration waits on the row."""
-    insert = postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
-    session.execute(
-        insert(AssetName)
-        .values(name=name, asset_type=asset_type, created_at=utcnow())
-        .on_conflict_do_nothing(index_elements=["name"])
+    insert_ignoring_conflicts(
+        session, AssetName, ["name"], name=name, asset_type=asset_type, created_at=utcnow()
     )
     existing = session.scalar(select(AssetName.asset_type).where(AssetName.name == name))
     if existing != asset_type:
@@ -480,6 +486,10 @@ def delete_asset(asset_id: str, actor: Identity, force: bool) -> None:
     session = db.session
     asset = get_asset(asset_id)
     _check_governance(asset.asset_type, actor)
+    # Under the graph lock: no dependency step can lock an edge to it while it goes.
+    from app.dependencies.service import serialize_graph_changes
+
+    serialize_graph_changes(session)
     dependent = live_dependents(session, asset.id)
     if dependent and not force:
         raise HasDependentsError(

@@ -12,13 +12,12 @@ from collections.abc import Callable, Iterator
 from typing import IO, Any
 
 from flask import current_app
-from sqlalchemy.dialects import postgresql, sqlite
 
 from app.assets.errors import AssetNotFoundError
 from app.assets.models import Asset
 from app.blobs.errors import BlobNotFoundError, RangeNotSatisfiableError
 from app.blobs.models import Blob
-from app.db import utcnow
+from app.db import insert_ignoring_conflicts, utcnow
 from app.errors import (
     InvalidInputError,
     PayloadTooLargeError,
@@ -100,19 +99,16 @@ def upload_blob(
         raise UnavailableError(f"the blob store is unavailable: {exc}") from None
     digest = f"sha256:{result.hex_digest}"
     session = db.session
-    dialect = session.get_bind().dialect.name
-    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
     # Two uploads of the same bytes may race here: the row is claimed, never inserted twice.
-    session.execute(
-        insert(Blob)
-        .values(
-            digest=digest,
-            size_bytes=result.size,
-            uri=result.uri,
-            created_by=actor,
-            created_at=utcnow(),
-        )
-        .on_conflict_do_nothing(index_elements=["digest"])
+    insert_ignoring_conflicts(
+        session,
+        Blob,
+        ["digest"],
+        digest=digest,
+        size_bytes=result.size,
+        uri=result.uri,
+        created_by=actor,
+        created_at=utcnow(),
     )
     session.commit()
     blob = session.get(Blob, digest, populate_existing=True)

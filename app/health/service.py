@@ -93,10 +93,25 @@ def _blob_store(settings: Settings) -> Callable[[], str | None]:
             if not os.access(store.root, os.W_OK):
                 raise PermissionError(f"{store.root} is not writable")
         elif isinstance(store, S3BlobStore):
-            store.client.head_bucket(Bucket=store.bucket)
+            _s3_probe(store.endpoint_url).head_bucket(Bucket=store.bucket)
         return None
 
     return check
+
+
+@functools.cache
+def _s3_probe(endpoint_url: str | None) -> Any:
+    """A boto3 client for health checks only: one attempt, short timeouts (the store's own
+    client retries patiently, which a probe must not)."""
+    import boto3
+    from botocore.config import Config
+
+    config = Config(
+        connect_timeout=TIMEOUT_SECONDS,
+        read_timeout=TIMEOUT_SECONDS,
+        retries={"max_attempts": 1, "mode": "standard"},
+    )
+    return boto3.client("s3", endpoint_url=endpoint_url, config=config)
 
 
 def _sqlite_broker(path: Path) -> Callable[[], str | None]:

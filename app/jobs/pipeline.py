@@ -18,6 +18,7 @@ from typing import Any
 from sqlalchemy import and_, func, or_, select, update
 
 from app.assets.models import Asset
+from app.context import actor_var, request_id_var
 from app.db import utcnow
 from app.events.service import record_event
 from app.extensions import db
@@ -28,7 +29,6 @@ log = logging.getLogger(__name__)
 
 LEASE_SECONDS = 45  # a running job whose heartbeat is older than this is taken over
 HEARTBEAT_SECONDS = 10
-NOT_YET = "skipped: this step arrives with the governance pipeline (scan, policies, tests)"
 
 
 class TransientError(Exception):
@@ -87,6 +87,13 @@ class JobContext:
 
 
 StepFunction = Callable[[Asset, JobContext], StepResult]
+MAX_ATTEMPTS = 5  # a job whose worker keeps dying (a file that crashes it, say) is given up
+
+
+def adopt_context(job: Job) -> None:
+    """Events and log lines written for this job carry the request and actor that queued it."""
+    request_id_var.set(job.request_id)
+    actor_var.set(job.created_by)
 
 
 def claim_job(job_id: str, worker: str) -> bool:
@@ -186,6 +193,15 @@ def run_registration(
     context = JobContext(job_id, worker)
     job = db.session.get(Job, job_id)
     assert job is not None
+    adopt_context(job)
+    if job.attempts > MAX_ATTEMPTS:
+        fail_job(
+            job_id,
+            "INTERNAL_ERROR",
+            f"gave up after {MAX_ATTEMPTS} attempts: the job keeps stopping mid-way",
+            worker,
+        )
+        return
     asset = db.session.get(Asset, job.asset_id) if job.asset_id else None
     if asset is None or asset.deleted_at is not None:
         fail_job(job_id, "INTERNAL_ERROR", "the asset was deleted before it was validated", worker)
@@ -270,7 +286,3 @@ def _reject(job: Job, asset: Asset, step: JobStep, result: StepResult, context: 
 
 def _succeed(job: Job) -> None:
     job.status, job.finished_at, job.worker, job.error = "succeeded", utcnow(), None, None
-
-
-def skipped_not_yet(_asset: Asset, _context: JobContext) -> StepResult:
-    return StepResult("skipped", NOT_YET)

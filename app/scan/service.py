@@ -186,7 +186,21 @@ def _zip_outcome(report: ZipReport) -> ScanOutcome:
     return _outcome("unknown", facts)
 
 
+_INT64_MAX = 2**63 - 1
+
+
+def _plausible(facts: Facts) -> None:
+    """Counts come from the file's own header: one that does not fit a 64-bit integer is a lie
+    (and would break every reader of the asset document), so it is dropped with a warning."""
+    for field in ("tensor_count", "parameter_count", "context_length"):
+        value = getattr(facts, field)
+        if isinstance(value, int) and not 0 <= value <= _INT64_MAX:
+            setattr(facts, field, None)
+            facts.warn(f"the header's {field.replace('_', ' ')} is implausibly large: ignored")
+
+
 def _outcome(fmt: str, facts: Facts) -> ScanOutcome:
+    _plausible(facts)
     findings = sorted(facts.findings, key=lambda f: _SEVERITY_ORDER[f[0]])
     artifact: dict[str, Any] = {
         "format": fmt,

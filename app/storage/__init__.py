@@ -91,8 +91,13 @@ def digest_key(hex_digest: str) -> str:
 
 
 def _is_temporary(key: str) -> bool:
-    """Whether ``key`` is an upload in progress, which no URI may name."""
-    return key == INCOMING or key.startswith(INCOMING + "/")
+    """Whether ``key`` is one no URI may name: an upload in progress, or one holding control
+    characters (a NUL cannot even be a file name)."""
+    return (
+        key == INCOMING
+        or key.startswith(INCOMING + "/")
+        or any(ord(c) < 32 or ord(c) == 127 for c in key)
+    )
 
 
 class BlobStore(abc.ABC):
@@ -170,7 +175,7 @@ class LocalBlobStore(BlobStore):
         return None if _is_temporary(key) else key
 
     def exists(self, key: str) -> bool:
-        return self._path(key).is_file()
+        return self.size(key) is not None
 
     def put(
         self,
@@ -213,7 +218,7 @@ class LocalBlobStore(BlobStore):
     def size(self, key: str) -> int | None:
         try:
             stat = self._path(key).stat()
-        except (FileNotFoundError, NotADirectoryError):
+        except (FileNotFoundError, NotADirectoryError, ValueError):  # ValueError: not a path here
             return None
         except OSError as exc:
             raise StorageError(str(exc)) from exc

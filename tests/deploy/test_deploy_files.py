@@ -20,6 +20,8 @@ from typing import Any
 import pytest
 import yaml
 
+from app.cli import main as cli_main
+
 REPO = Path(__file__).resolve().parents[2]
 DOCKER_DIR = REPO / "docker"
 K8S_DIR = REPO / "k8s"
@@ -29,14 +31,14 @@ CONTRACT_FILE = Path(__file__).resolve().parents[2].parent / "shared" / "CONTRAC
 
 REGISTRY_IMAGE = "ghcr.io/llm-registry/llm-registry"
 REGISTRY_UID = 10001
-SUBCOMMANDS = {"serve", "worker", "beat", "relay", "migrate"}
+# What the console script really has: a manifest may only run one of these.
+SUBCOMMANDS = set(cli_main.commands)
 # compose service -> the `llm-registry` subcommand it runs
 COMPOSE_APP_SERVICES = {
     "migrate": "migrate",
     "api": "serve",
     "worker": "worker",
     "beat": "beat",
-    "relay": "relay",
 }
 NAMESPACE = "llm-registry"
 LIVE_PATH = "/health/live"
@@ -290,7 +292,6 @@ def test_deploy_files_exist() -> None:
         "migrate-job.yaml",
         "worker-deployment.yaml",
         "beat-deployment.yaml",
-        "relay-deployment.yaml",
     } <= names
 
 
@@ -506,7 +507,7 @@ def test_compose_depends_on_targets_exist() -> None:
 def test_compose_startup_order() -> None:
     services = compose()["services"]
     assert services["migrate"]["restart"] == "no"
-    for name in ("api", "worker", "beat", "relay"):
+    for name in ("api", "worker", "beat"):
         deps = services[name]["depends_on"]
         assert deps["migrate"]["condition"] == "service_completed_successfully", name
         assert deps["postgres"]["condition"] == "service_healthy", name
@@ -525,7 +526,7 @@ def test_k8s_deployments_run_subcommands() -> None:
             assert args and args[0] in SUBCOMMANDS, f"{d['metadata']['name']}: args {args}"
             assert "command" not in c, "the image's ENTRYPOINT (llm-registry) must stay"
             seen.add(args[0])
-    assert seen == {"serve", "worker", "beat", "relay"}
+    assert seen == {"serve", "worker", "beat"}
     (job,) = k8s_of_kind("Job")
     assert job["spec"]["template"]["spec"]["containers"][0]["args"] == ["migrate"]
 
