@@ -8,6 +8,7 @@ import socket
 from celery import Task, shared_task
 from celery.exceptions import SoftTimeLimitExceeded
 from sqlalchemy.exc import OperationalError
+from sqlalchemy.orm.exc import StaleDataError
 
 from app.compliance.service import run_scan_job, schedule_scan
 from app.jobs import pipeline
@@ -15,6 +16,8 @@ from app.jobs import pipeline
 log = logging.getLogger(__name__)
 
 MAX_RETRIES = 6
+# An asset that kept changing under a batch (see run_compliance_scan) is worth a later retry.
+_TRANSIENT = (pipeline.TransientError, OperationalError, StaleDataError)
 
 
 @shared_task(
@@ -33,7 +36,7 @@ def run_scan(self: Task, job_id: str) -> None:
         log.warning("scan %s was taken over by another worker", job_id)
     except SoftTimeLimitExceeded:
         pipeline.fail_job(job_id, "TIMEOUT", "the scan ran past its time limit", worker)
-    except (pipeline.TransientError, OperationalError) as exc:
+    except _TRANSIENT as exc:
         if self.request.retries >= MAX_RETRIES:
             pipeline.fail_job(job_id, "INTERNAL_ERROR", f"gave up: {exc}", worker)
             return

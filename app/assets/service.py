@@ -500,6 +500,11 @@ def delete_asset(asset_id: str, actor: Identity, force: bool) -> None:
     asset.deleted_at = utcnow()
     asset.deleted_by = actor.username
     asset.updated_at = asset.deleted_at
+    if asset.asset_type == "policy":
+        # An older version may apply again, or none: re-check what the policy governed.
+        from app.compliance.service import create_scan_job
+
+        create_scan_job(actor=actor.username, policy_id=asset.id, reason="policy deleted")
     record_event(
         session,
         "asset_deleted",

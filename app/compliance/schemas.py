@@ -2,8 +2,8 @@ from __future__ import annotations
 
 import marshmallow as ma
 
-from app.assets.models import ASSET_TYPES, COMPLIANCE_STATUSES
-from app.assets.schemas import ULID_PATTERN, FullMatch, JobRefSchema
+from app.assets.models import COMPLIANCE_STATUSES
+from app.assets.schemas import GOVERNED_TYPES, ULID_PATTERN, FullMatch, JobRefSchema
 from app.schemas import PagingArgsSchema, UTCDateTime, page_schema
 
 
@@ -25,7 +25,8 @@ class ComplianceSchema(ma.Schema):
 
 
 class ScanRequestSchema(ma.Schema):
-    asset_type = ma.fields.String(validate=ma.validate.OneOf(ASSET_TYPES))
+    # Only these carry a compliance verdict: a scan of policies or test suites re-checks nothing.
+    asset_type = ma.fields.String(validate=ma.validate.OneOf(GOVERNED_TYPES))
     policy_id = ma.fields.String(validate=FullMatch(ULID_PATTERN, error="must be an asset id"))
 
 

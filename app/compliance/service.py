@@ -7,12 +7,16 @@ The asset a policy or test case sees is its API document (``asset``) and its sca
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Mapping
+import threading
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 from flask import current_app
-from sqlalchemy import select
+from sqlalchemy import select, update
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm.exc import StaleDataError
 
 from app.assets.errors import AssetNotFoundError
 from app.assets.models import GOVERNANCE_TYPES, Asset
@@ -22,7 +26,14 @@ from app.db import utcnow
 from app.events.service import record_event
 from app.extensions import db
 from app.jobs.models import Job, JobStep
-from app.jobs.pipeline import JobContext, StepResult, StorageUnavailableError, claim_job
+from app.jobs.pipeline import (
+    HEARTBEAT_SECONDS,
+    JobContext,
+    StepResult,
+    StorageUnavailableError,
+    adopt_context,
+    claim_job,
+)
 from app.jobs.queue import RUN_COMPLIANCE_SCAN, enqueue_after_commit
 from app.paging import Page, SortKey, paginate
 from app.policies.service import (
@@ -41,6 +52,7 @@ from app.testsuites.runner import run_suite
 log = logging.getLogger(__name__)
 
 SCAN_BATCH = 200
+STALE_BATCH_RETRIES = 5  # a batch whose assets changed under it is read and evaluated again
 NOT_GOVERNED = "policies and test suites govern models, pipelines and datasets, not a {}"
 
 
@@ -170,54 +182,107 @@ def create_scan_job(
     return job
 
 
+def _policy_selectors(policy_id: str) -> list[Mapping[str, Any]]:
+    """The ``applies_to`` of every version of the policy ``policy_id`` names: a scan after one
+    version changed must re-check what any version may have governed (a new version with a
+    narrower selector leaves assets that only the old one governed, still marked with the old
+    one's verdict)."""
+    policy = db.session.get(Asset, policy_id)
+    if policy is None:
+        return [{}]
+    specs = db.session.scalars(
+        select(Asset.spec).where(
+            Asset.name == policy.name,
+            Asset.asset_type == "policy",
+            Asset.status != "rejected",  # never applied
+        )
+    )
+    return [(spec or {}).get("applies_to") or {} for spec in specs]
+
+
+def _scan_batch(
+    after_id: str,
+    params: Mapping[str, Any],
+    policies: list[dict[str, Any]],
+    selectors: list[Mapping[str, Any]] | None,
+    job_id: str,
+    counts: dict[str, int],
+) -> tuple[str, int, int] | None:
+    """Re-evaluate the next batch of assets after ``after_id`` (uncommitted): (last id, how
+    many were covered, how many changed status), or None when there are no more."""
+    stmt = (
+        select(Asset)
+        .where(
+            Asset.status == "active",
+            Asset.deleted_at.is_(None),
+            Asset.id > after_id,
+            Asset.asset_type.not_in(GOVERNANCE_TYPES),
+        )
+        .order_by(Asset.id)
+        .limit(SCAN_BATCH)
+    )
+    if params.get("asset_type"):
+        stmt = stmt.where(Asset.asset_type == params["asset_type"])
+    batch = list(db.session.scalars(stmt))
+    if not batch:
+        return None
+    seen = changed = 0
+    for asset in batch:
+        if selectors is not None and not any(
+            matches(selector, asset.asset_type, asset.tags) for selector in selectors
+        ):
+            continue
+        seen += 1
+        applicable = [
+            p
+            for p in policies
+            if matches((p.get("spec") or {}).get("applies_to"), asset.asset_type, asset.tags)
+        ]
+        before = asset.compliance_status
+        results = evaluate_policies(applicable, asset_document(asset), asset.artifact)
+        status = _apply_compliance(asset, results, len(applicable), job_id=job_id)
+        counts[status] += 1
+        changed += before != status
+    return batch[-1].id, seen, changed
+
+
 def run_compliance_scan(job_id: str, context: JobContext) -> str:
     """Re-evaluate the active assets a scan covers against the current policies, in batches
-    (commits per batch; never rejects or deletes). Returns the step's detail."""
+    (commits per batch; never rejects or deletes). Returns the step's detail.
+
+    An asset updated meanwhile (a PATCH commits between our read and our write: its row
+    version moved on) makes the batch's commit fail; the batch is then read and evaluated
+    again rather than failing the whole scan."""
     job = db.session.get(Job, job_id)
     assert job is not None
-    params = job.params or {}
+    params = dict(job.params or {})
     policies = _policy_documents()
-    selector = None
-    if params.get("policy_id"):
-        policy = db.session.get(Asset, params["policy_id"])
-        selector = ((policy.spec or {}).get("applies_to") if policy else None) or {}
+    selectors = _policy_selectors(params["policy_id"]) if params.get("policy_id") else None
     counts = {"compliant": 0, "warning": 0, "non_compliant": 0}
     changed = seen = 0
     last_id = ""
     while True:
-        stmt = (
-            select(Asset)
-            .where(
-                Asset.status == "active",
-                Asset.deleted_at.is_(None),
-                Asset.id > last_id,
-                Asset.asset_type.not_in(GOVERNANCE_TYPES),
-            )
-            .order_by(Asset.id)
-            .limit(SCAN_BATCH)
-        )
-        if params.get("asset_type"):
-            stmt = stmt.where(Asset.asset_type == params["asset_type"])
-        batch = list(db.session.scalars(stmt))
-        if not batch:
-            break
-        for asset in batch:
-            last_id = asset.id
-            if selector is not None and not matches(selector, asset.asset_type, asset.tags):
+        for attempt in range(STALE_BATCH_RETRIES):
+            batch_counts = dict.fromkeys(counts, 0)
+            try:
+                outcome = _scan_batch(last_id, params, policies, selectors, job_id, batch_counts)
+                if outcome is None:
+                    break
+                context.hold()
+                db.session.commit()
+            except StaleDataError:
+                db.session.rollback()
+                if attempt == STALE_BATCH_RETRIES - 1:
+                    raise
+                log.info("scan %s: an asset changed under the batch; evaluating it again", job_id)
                 continue
-            seen += 1
-            applicable = [
-                p
-                for p in policies
-                if matches((p.get("spec") or {}).get("applies_to"), asset.asset_type, asset.tags)
-            ]
-            before = asset.compliance_status
-            results = evaluate_policies(applicable, asset_document(asset), asset.artifact)
-            status = _apply_compliance(asset, results, len(applicable), job_id=job_id)
-            counts[status] += 1
-            changed += before != status
-        context.hold()
-        db.session.commit()
+            break
+        if outcome is None:
+            break
+        last_id, batch_seen, batch_changed = outcome
+        seen, changed = seen + batch_seen, changed + batch_changed
+        for status, number in batch_counts.items():
+            counts[status] += number
         db.session.expunge_all()  # keep memory flat however many assets there are
         context.heartbeat()
     return (
@@ -240,8 +305,52 @@ def applicable_suites(asset: Asset) -> list[Asset]:
     ]
 
 
+@contextlib.contextmanager
+def _lease_kept(context: JobContext) -> Iterator[None]:
+    """Renew the job's lease from a thread of its own while the body runs.
+
+    A test case may wait on the model server for up to its ``timeout_seconds`` (600 s at most),
+    far longer than ``LEASE_SECONDS``, and the step can renew nothing while it waits: without
+    this, the reaper would hand the job to another worker mid-suite, again and again. The
+    thread writes through its own connection and commits nothing else; once the job is no
+    longer ours it stops (the step's own ``hold`` then raises ``LeaseLostError``).
+    """
+    engine: Engine = db.engine
+    stop = threading.Event()
+
+    def renew() -> None:
+        while not stop.wait(HEARTBEAT_SECONDS):
+            try:
+                with engine.begin() as connection:
+                    result = connection.execute(
+                        update(Job)
+                        .where(
+                            Job.id == context.job_id,
+                            Job.worker == context.worker,
+                            Job.status == "running",
+                        )
+                        .values(heartbeat_at=utcnow())
+                    )
+            except Exception as exc:  # the database is away: try again at the next beat
+                log.warning("job %s: lease renewal failed: %s", context.job_id, exc)
+                continue
+            if result.rowcount != 1:
+                return
+
+    keeper = threading.Thread(target=renew, name=f"lease-{context.job_id}", daemon=True)
+    keeper.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        keeper.join(timeout=30)
+
+
 def tests_step(asset: Asset, context: JobContext) -> StepResult:
-    """Run the applicable test suites and record each run; a failing gating suite rejects."""
+    """Run the applicable test suites and record each run; a failing gating suite rejects.
+
+    The runs and their events are written with the step's result, in one commit: a job that
+    is taken over or retried mid-step leaves no half-recorded runs behind to be doubled."""
     if asset.asset_type in GOVERNANCE_TYPES:
         return StepResult("skipped", NOT_GOVERNED.format(asset.asset_type.replace("_", " ")))
     suites = applicable_suites(asset)
@@ -249,14 +358,17 @@ def tests_step(asset: Asset, context: JobContext) -> StepResult:
         return StepResult("skipped", "no test suite applies to this asset")
     settings = current_app.extensions["registry_settings"]
     document = asset_document(asset)
+    # End the read transaction before the slow part: on SQLite an open one holds the write
+    # lock, and neither the API nor the lease renewal could write while the suites run.
+    db.session.commit()
     failed_gating: list[str] = []
     failed_other: list[str] = []
     for suite in suites:
         spec: Mapping[str, Any] = suite.spec or {}
-        outcome = run_suite(
-            spec, document, asset.artifact, allowed_hosts=settings.test_http_allowed_hosts
-        )
-        context.heartbeat()
+        with _lease_kept(context):
+            outcome = run_suite(
+                spec, document, asset.artifact, allowed_hosts=settings.test_http_allowed_hosts
+            )
         cases = [case.as_dict() for case in outcome.cases]
         gating = bool(spec.get("gating", True))
         db.session.add(
@@ -317,6 +429,7 @@ def run_scan_job(job_id: str, worker: str) -> None:
     context = JobContext(job_id, worker)
     job = db.session.get(Job, job_id)
     assert job is not None
+    adopt_context(job)
     step = job.steps[0]
     step.status, step.started_at, step.finished_at = "running", utcnow(), None
     context.hold()

@@ -145,15 +145,20 @@ class Stack:
 
     # ---- processes -----------------------------------------------------------------------
 
-    def _spawn(self, name: str, argv: list[str]) -> Process:
-        process = Process(name, argv, self.env, self.workdir)
+    def _spawn(self, name: str, argv: list[str], **extra_env: str) -> Process:
+        process = Process(name, argv, {**self.env, **extra_env}, self.workdir)
         self.processes.append(process)
         return process
 
-    def start_worker(self, name: str | None = None, concurrency: int = 2) -> Process:
+    def start_worker(
+        self,
+        name: str | None = None,
+        concurrency: int = 2,
+        queues: str = "registry,registry-tests,registry-control",
+    ) -> Process:
         """A worker as operators start it: ``llm-registry worker``; with ``name``, the same
         command through ``celery`` directly so that it gets the node name ``name@NODE_HOST``
-        (what ``jobs.worker`` records)."""
+        (what ``jobs.worker`` records) and consumes only ``queues``."""
         if name is None:
             argv = [str(BIN / "llm-registry"), "worker", "--concurrency", str(concurrency)]
             process = self._spawn(f"worker-{len(self.processes)}", argv)
@@ -165,7 +170,7 @@ class Stack:
             "celery_app:celery",
             "worker",
             "--queues",
-            "registry,registry-tests,registry-control",
+            queues,
             "--loglevel",
             "INFO",
             "--without-gossip",
@@ -179,8 +184,10 @@ class Stack:
         self.wait_ready(process, f"{name}@{NODE_HOST}")
         return process
 
-    def start_beat(self) -> Process:
-        return self._spawn("beat", [str(BIN / "llm-registry"), "beat"])
+    def start_beat(self, **extra_env: str) -> Process:
+        """``llm-registry beat``; ``extra_env`` on top of the stack's (say, a short
+        ``COMPLIANCE_SCAN_INTERVAL_SECONDS``)."""
+        return self._spawn("beat", [str(BIN / "llm-registry"), "beat"], **extra_env)
 
     def wait_ready(self, process: Process, node: str | None, timeout: float = 60) -> None:
         """Until the worker answers a broker ping (it then consumes the queue)."""
