@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import uuid
 from typing import Any
 
 from sqlalchemy import update
@@ -24,3 +26,13 @@ def set_status(asset_id: str, status: str) -> None:
     """Move an asset the way the registration pipeline would (these tests run no worker)."""
     db.session.execute(update(Asset).where(Asset.id == asset_id).values(status=status))
     db.session.commit()
+
+
+def sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def unique(size: int = 64) -> bytes:
+    """Bytes no other test has stored: the store's files outlive each test's rollback."""
+    seed = uuid.uuid4().bytes
+    return (seed * (size // len(seed) + 1))[:size]

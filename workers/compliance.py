@@ -2,22 +2,10 @@
 
 from __future__ import annotations
 
-import logging
-import socket
-
 from celery import Task, shared_task
-from celery.exceptions import SoftTimeLimitExceeded
-from sqlalchemy.exc import OperationalError
-from sqlalchemy.orm.exc import StaleDataError
 
 from app.compliance.service import run_scan_job, schedule_scan
-from app.jobs import pipeline
-
-log = logging.getLogger(__name__)
-
-MAX_RETRIES = 6
-# An asset that kept changing under a batch (see run_compliance_scan) is worth a later retry.
-_TRANSIENT = (pipeline.TransientError, OperationalError, StaleDataError)
+from workers.jobs import MAX_RETRIES, run_job
 
 
 @shared_task(
@@ -29,27 +17,7 @@ _TRANSIENT = (pipeline.TransientError, OperationalError, StaleDataError)
 )
 def run_scan(self: Task, job_id: str) -> None:
     """Re-evaluate active assets against the current policies (idempotent, batched)."""
-    worker = f"{self.request.hostname or socket.gethostname()}/{self.request.id}"
-    try:
-        run_scan_job(job_id, worker)
-    except pipeline.LeaseLostError:
-        log.warning("scan %s was taken over by another worker", job_id)
-    except SoftTimeLimitExceeded:
-        pipeline.fail_job(job_id, "TIMEOUT", "the scan ran past its time limit", worker)
-    except _TRANSIENT as exc:
-        if self.request.retries >= MAX_RETRIES:
-            pipeline.fail_job(job_id, "INTERNAL_ERROR", f"gave up: {exc}", worker)
-            return
-        try:
-            pipeline.release_job(job_id, worker)
-        except Exception:
-            log.warning("scan %s: could not release it for a retry", job_id)
-        raise self.retry(exc=exc, countdown=min(300, 2 ** (self.request.retries + 1))) from exc
-    except Exception as exc:  # a bug: fail the job rather than retry it forever
-        log.exception("scan %s crashed", job_id)
-        pipeline.fail_job(
-            job_id, "INTERNAL_ERROR", f"the worker failed: {exc.__class__.__name__}", worker
-        )
+    run_job(self, job_id, lambda worker: run_scan_job(job_id, worker))
 
 
 @shared_task(name="registry.compliance.schedule_scan", ignore_result=True)

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from flask import Response, current_app, request
 from flask.views import MethodView
@@ -14,6 +15,7 @@ from app.http import not_modified
 from app.openapi import Blueprint
 
 blp = Blueprint("blobs", __name__, url_prefix="/v1", description="Content-addressed blobs")
+F = TypeVar("F", bound=Callable[..., Any])
 
 _BINARY = {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}
 _BYTES = {"type": "string", "format": "binary"}
@@ -21,6 +23,36 @@ _READ_HEADERS = {
     name: {"schema": {"type": "string"}}
     for name in ("ETag", "X-Checksum-SHA256", "Accept-Ranges", "Content-Range")
 }
+
+
+def _download(view: F) -> F:
+    """One documented shape for every streamed download: bytes, 206 with a Range, a presigned
+    redirect on S3, 404, 416; it needs ``asset:read`` and takes ``?redirect``."""
+    for decorate in reversed(
+        (
+            blp.requires("asset:read"),
+            blp.arguments(BlobReadArgsSchema, location="query"),
+            blp.response(
+                200,
+                _BYTES,
+                content_type="application/octet-stream",
+                headers=_READ_HEADERS,
+                description="The bytes (206 with a Range)",
+            ),
+            blp.alt_response(
+                206,
+                schema=_BYTES,
+                content_type="application/octet-stream",
+                description="Partial content (Range)",
+                success=True,
+            ),
+            blp.alt_response(302, description="Redirect to a presigned URL (S3, ?redirect=true)"),
+            blp.alt_response(404, response="NOT_FOUND"),
+            blp.alt_response(416, response="REQUESTED_RANGE_NOT_SATISFIABLE"),
+        )
+    ):
+        view = decorate(view)
+    return view
 
 
 def _respond(read: service.BlobRead) -> Response:
@@ -112,25 +144,7 @@ class Blobs(MethodView):
 
 @blp.route("/blobs/<string:digest>")
 class BlobByDigest(MethodView):
-    @blp.requires("asset:read")
-    @blp.arguments(BlobReadArgsSchema, location="query")
-    @blp.response(
-        200,
-        _BYTES,
-        content_type="application/octet-stream",
-        headers=_READ_HEADERS,
-        description="The bytes (206 with a Range)",
-    )
-    @blp.alt_response(
-        206,
-        schema=_BYTES,
-        content_type="application/octet-stream",
-        description="Partial content (Range)",
-        success=True,
-    )
-    @blp.alt_response(302, description="Redirect to a presigned URL (S3, ?redirect=true)")
-    @blp.alt_response(404, response="NOT_FOUND")
-    @blp.alt_response(416, response="REQUESTED_RANGE_NOT_SATISFIABLE")
+    @_download
     def get(self, args: dict[str, Any], digest: str) -> Response:
         """Download a blob, streamed, with Range support."""
         return _respond(
@@ -157,25 +171,7 @@ class BlobByDigest(MethodView):
 
 @blp.route("/assets/<string:asset_id>/content")
 class AssetContent(MethodView):
-    @blp.requires("asset:read")
-    @blp.arguments(BlobReadArgsSchema, location="query")
-    @blp.response(
-        200,
-        _BYTES,
-        content_type="application/octet-stream",
-        headers=_READ_HEADERS,
-        description="The asset's bytes (206 with a Range)",
-    )
-    @blp.alt_response(
-        206,
-        schema=_BYTES,
-        content_type="application/octet-stream",
-        description="Partial content (Range)",
-        success=True,
-    )
-    @blp.alt_response(302, description="Redirect to a presigned URL (S3, ?redirect=true)")
-    @blp.alt_response(404, response="NOT_FOUND")
-    @blp.alt_response(416, response="REQUESTED_RANGE_NOT_SATISFIABLE")
+    @_download
     def get(self, args: dict[str, Any], asset_id: str) -> Response:
         """Download an asset's content, streamed, with Range support."""
         return _respond(

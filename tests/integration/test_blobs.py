@@ -5,7 +5,6 @@ conditional requests, and nothing kept when an upload fails (CONTRACT.md §3, §
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import io
 import uuid
 from collections.abc import Iterator
@@ -16,26 +15,9 @@ import pytest
 from flask import Flask
 
 from app.storage import INCOMING, UPLOAD_CHUNK
+from tests.helpers import problem, sha, unique
 
 OCTET = {"Content-Type": "application/octet-stream"}
-
-
-def sha(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
-def unique(size: int = 64) -> bytes:
-    """Bytes no other test has stored: the store's files outlive each test's rollback."""
-    seed = uuid.uuid4().bytes
-    return (seed * (size // len(seed) + 1))[:size]
-
-
-def problem(response: Any, status: int, code: str) -> dict[str, Any]:
-    assert response.status_code == status, response.get_data()
-    assert response.headers["Content-Type"] == "application/problem+json"
-    doc: dict[str, Any] = response.get_json()
-    assert doc["code"] == code and doc["status"] == status, doc
-    return doc
 
 
 def root(app: Flask) -> Path:

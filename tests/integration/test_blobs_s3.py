@@ -4,7 +4,6 @@ them: the registry configured with ``BLOB_STORE_URL=s3://bucket/blobs`` and ``S3
 
 from __future__ import annotations
 
-import hashlib
 import io
 import uuid
 from collections.abc import Iterator
@@ -18,27 +17,11 @@ from flask import Flask
 
 from app.storage import INCOMING
 from tests.conftest import PASSWORD, Api, login, make_settings
+from tests.helpers import problem, sha, unique
 
 OCTET = {"Content-Type": "application/octet-stream"}
 CAP = 4096
 PREFIX = "blobs"
-
-
-def sha(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
-def unique(size: int = 64) -> bytes:
-    seed = uuid.uuid4().bytes
-    return (seed * (size // len(seed) + 1))[:size]
-
-
-def problem(response: Any, status: int, code: str) -> dict[str, Any]:
-    assert response.status_code == status, response.get_data()
-    assert response.headers["Content-Type"] == "application/problem+json"
-    doc: dict[str, Any] = response.get_json()
-    assert doc["code"] == code, doc
-    return doc
 
 
 @pytest.fixture(scope="module")
