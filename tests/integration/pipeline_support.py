@@ -63,6 +63,9 @@ def claim_redis_db() -> str:
         url = redis_url(number)
         client = redis.Redis.from_url(url, socket_connect_timeout=3)
         try:
+            holder = client.get(CLAIM_KEY)
+            if holder is not None and not _alive(holder):
+                client.delete(CLAIM_KEY)  # a run that was killed: its claim is free again
             if client.set(CLAIM_KEY, owner, nx=True, ex=CLAIM_SECONDS):
                 with client.pipeline(transaction=True) as pipe:
                     pipe.flushdb()
@@ -74,6 +77,17 @@ def claim_redis_db() -> str:
         finally:
             client.close()
     pytest.fail(f"Redis databases {FIRST_REDIS_DB}-{LAST_REDIS_DB} are all taken by test runs")
+
+
+def _alive(holder: bytes) -> bool:
+    """Whether the test process that claimed a database (``<pid>-<ns>``) still runs here."""
+    try:
+        os.kill(int(holder.split(b"-", 1)[0]), 0)
+    except (ValueError, ProcessLookupError):
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def release_redis_db(url: str) -> None:
