@@ -7,6 +7,7 @@ in the registry's database, never in a result backend.
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from celery import Celery, Task, signals
@@ -16,6 +17,7 @@ from app.observability import configure_logging
 from config import load_settings
 from config.celery import celery_config
 
+configure_logging(os.environ.get("LOG_LEVEL", "INFO").upper())  # settings may warn: as JSON
 settings = load_settings()
 flask_app = create_app(settings)
 
