@@ -47,7 +47,9 @@ def configure_logging(level: str) -> None:
             root.removeHandler(existing)
     handler._registry = True  # type: ignore[attr-defined]
     root.addHandler(handler)
-    root.setLevel(level)
+    # An unknown name (LOG_LEVEL=verbose) must not crash start-up before the settings can say
+    # what is wrong with it: INFO until then.
+    root.setLevel(level if level in logging.getLevelNamesMapping() else "INFO")
 
 
 def install_request_hooks(app: Flask) -> None:
