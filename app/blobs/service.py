@@ -275,6 +275,10 @@ def new_hasher(algorithm: str) -> Any:
     raise ValueError(f"unknown checksum algorithm {algorithm}")
 
 
+def _mismatch(message: str, event: dict[str, Any]) -> StepResult:
+    return StepResult("failed", message, "CHECKSUM_MISMATCH", events=(("checksum_failed", event),))
+
+
 def verify_content_step(asset: Asset, context: JobContext) -> StepResult:
     """The ``checksum`` step: stream the content from the store, recompute the declared digest
     and compare. Never holds the blob in memory; renews the job's lease while it reads."""
@@ -308,33 +312,15 @@ def verify_content_step(asset: Asset, context: JobContext) -> StepResult:
     actual = hasher.hexdigest()
     label = asset.checksum_algorithm
     if actual != asset.checksum_value:
-        message = (
+        return _mismatch(
             f"declared {label} {asset.checksum_value} but the content at {uri} has "
-            f"{actual}: register a new version with the right checksum or bytes"
-        )
-        return StepResult(
-            "failed",
-            message,
-            "CHECKSUM_MISMATCH",
-            events=(
-                (
-                    "checksum_failed",
-                    {"algorithm": label, "expected": asset.checksum_value, "actual": actual},
-                ),
-            ),
+            f"{actual}: register a new version with the right checksum or bytes",
+            {"algorithm": label, "expected": asset.checksum_value, "actual": actual},
         )
     if asset.size_bytes is not None and asset.size_bytes != seen:
-        message = f"declared size_bytes {asset.size_bytes} but the content has {seen} bytes"
-        return StepResult(
-            "failed",
-            message,
-            "CHECKSUM_MISMATCH",
-            events=(
-                (
-                    "checksum_failed",
-                    {"algorithm": label, "expected_size": asset.size_bytes, "actual_size": seen},
-                ),
-            ),
+        return _mismatch(
+            f"declared size_bytes {asset.size_bytes} but the content has {seen} bytes",
+            {"algorithm": label, "expected_size": asset.size_bytes, "actual_size": seen},
         )
     if asset.size_bytes is None:
         asset.size_bytes = seen

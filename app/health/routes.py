@@ -43,7 +43,9 @@ class Health(MethodView):
     @blp.alt_response(503, schema=HealthSchema, description="Unhealthy: the database is down")
     def get(self) -> tuple[dict[str, Any], int]:
         """Every part of the registry with its status and latency."""
-        report = service.health(current_app.extensions["registry_settings"])
+        report = service.health(
+            current_app.extensions["registry_settings"], current_app.extensions["blob_store"]
+        )
         return report, 503 if report["status"] == "unhealthy" else 200
 
 

@@ -21,6 +21,7 @@ from urllib.parse import urlsplit
 from sqlalchemy import text
 
 from app.extensions import db
+from app.storage import BlobStore, LocalBlobStore, S3BlobStore
 from config import Settings
 from config.celery import broker_url
 
@@ -83,11 +84,8 @@ def _tcp_banner(url: str, default_port: int) -> Callable[[], str | None]:
     return check
 
 
-def _blob_store(settings: Settings) -> Callable[[], str | None]:
+def _blob_store(store: BlobStore) -> Callable[[], str | None]:
     def check() -> str | None:
-        from app.storage import LocalBlobStore, S3BlobStore, blob_store_from_url
-
-        store = blob_store_from_url(str(settings.blob_store_url), settings.s3_endpoint_url)
         if isinstance(store, LocalBlobStore):
             store.root.mkdir(parents=True, exist_ok=True)
             if not os.access(store.root, os.W_OK):
@@ -135,14 +133,14 @@ def _broker_check(settings: Settings) -> dict[str, Any]:
     return {"status": "disabled"}
 
 
-def health(settings: Settings) -> dict[str, Any]:
+def health(settings: Settings, store: BlobStore) -> dict[str, Any]:
     """The ``/health`` document; ``unhealthy`` only when the database is down."""
     checks: dict[str, dict[str, Any]] = {"database": _timed(_database)}
     checks["redis"] = (
         _timed(_redis(settings.redis_url)) if settings.redis_url else {"status": "disabled"}
     )
     checks["broker"] = _broker_check(settings)
-    checks["blob_store"] = _timed(_blob_store(settings))
+    checks["blob_store"] = _timed(_blob_store(store))
     checks["nats"] = (
         _timed(_tcp_banner(settings.nats_url, 4222))
         if settings.nats_url
