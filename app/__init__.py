@@ -62,6 +62,7 @@ def create_app(
     from app.extensions import db, jwt, make_api, migrate
     from app.jobs.queue import make_producer
     from app.json import OrjsonProvider
+    from app.metrics import init_metrics
     from app.storage import blob_store_from_url
 
     if settings is None:
@@ -119,6 +120,7 @@ def create_app(
     _register_blueprints(api)
     errors.register_error_handlers(app)
     observability.install_request_hooks(app)
+    init_metrics(app)
     _register_commands(app)
     return app
 
@@ -135,18 +137,21 @@ def _register_blueprints(api: Any) -> None:
     from app.blobs.routes import blp as blobs
     from app.compliance.routes import blp as compliance
     from app.dependencies.routes import blp as dependencies
+    from app.events.routes import blp as events
     from app.health.routes import blp as health
     from app.jobs.routes import blp as jobs
     from app.users.routes import blp as users
 
-    for blueprint in (health, auth, users, blobs, dependencies, compliance, assets, jobs):
+    for blueprint in (health, auth, users, blobs, dependencies, compliance, assets, jobs, events):
         api.register_blueprint(blueprint)
 
 
 def _register_commands(app: Flask) -> None:
+    from app.events.commands import events_cli
     from app.users.commands import users_cli
 
     app.cli.add_command(users_cli)
+    app.cli.add_command(events_cli)
 
 
 def ensure_first_admin(app: Flask) -> None:

@@ -1,5 +1,5 @@
-"""The ``llm-registry`` console script: ``serve``, ``migrate``, ``worker``, ``beat`` and ``run``
-(everything for one machine, as ``make run`` uses it). Each takes ``--config FILE``."""
+"""The ``llm-registry`` console script: ``serve``, ``migrate``, ``worker``, ``beat``, ``relay`` and
+``run`` (everything for one machine, as ``make run`` uses it). Each takes ``--config FILE``."""
 
 from __future__ import annotations
 
@@ -188,11 +188,21 @@ def beat(config: str | None) -> None:
 
 @main.command()
 @config_option
+def relay(config: str | None) -> None:
+    """Publish the outbox's events to NATS JetStream, in order (needs NATS_URL). Several may run:
+    one leads, the others stand by."""
+    from app.events.relay import run_relay
+
+    run_relay(_settings(config))
+
+
+@main.command()
+@config_option
 @click.option("--host", default=None, help="Address to bind (SERVER_HOST).")
 @click.option("--port", type=int, default=None, help="Port to bind (SERVER_PORT).")
 def run(config: str | None, host: str | None, port: int | None) -> None:
-    """Everything on one machine: migrate, create the first admin, then the API, a worker and
-    beat.
+    """Everything on one machine: migrate, create the first admin, then the API, a worker,
+    beat and, when NATS_URL is set, the event relay.
 
     The processes run as children of this one and stop with it (Ctrl-C).
     """
@@ -219,14 +229,16 @@ def run(config: str | None, host: str | None, port: int | None) -> None:
     env = dict(
         os.environ, SERVER_HOST=str(settings.server_host), SERVER_PORT=str(settings.server_port)
     )
-    _supervise(
-        [
-            [exe, "serve", "--workers", "2", *extra],
-            [exe, "worker", "--concurrency", "2", *extra],
-            [exe, "beat", *extra],
-        ],
-        env,
-    )
+    commands = [
+        [exe, "serve", "--workers", "2", *extra],
+        [exe, "worker", "--concurrency", "2", *extra],
+        [exe, "beat", *extra],
+    ]
+    if settings.nats_url:
+        commands.append([exe, "relay", *extra])
+    else:
+        click.echo("NATS_URL is not set: events stay in the outbox (GET /v1/events).", err=True)
+    _supervise(commands, env)
 
 
 def _first_admin_for_run(settings: Settings) -> tuple[str, str]:

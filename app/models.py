@@ -2,7 +2,7 @@
 
 from app.assets.models import Asset, AssetDependency, AssetName, AssetTag
 from app.blobs.models import Blob
-from app.events.models import Event
+from app.events.models import Event, RelayState
 from app.jobs.models import Job, JobStep
 from app.testsuites.models import TestRun
 from app.users.models import User
@@ -16,6 +16,7 @@ __all__ = [
     "Event",
     "Job",
     "JobStep",
+    "RelayState",
     "TestRun",
     "User",
 ]

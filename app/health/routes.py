@@ -16,6 +16,10 @@ class CheckSchema(ma.Schema):
     status = ma.fields.String(metadata={"description": "ok, error or disabled"})
     latency_ms = ma.fields.Float()
     message = ma.fields.String()
+    pending = ma.fields.Integer(metadata={"description": "outbox: events not yet published"})
+    oldest_pending_age_seconds = ma.fields.Float(
+        metadata={"description": "outbox: how long the oldest pending event has waited"}
+    )
 
 
 class HealthSchema(ma.Schema):

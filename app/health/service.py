@@ -6,26 +6,28 @@ most a second or two, never hang.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import functools
 import os
-import socket
 import subprocess
 import time
 from collections.abc import Callable
 from importlib import metadata
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 from sqlalchemy import text
 
+from app.db import utcnow
+from app.events.service import STREAM, outbox_backlog
 from app.extensions import db
 from app.storage import BlobStore, LocalBlobStore, S3BlobStore
 from config import Settings
 from config.celery import broker_url
 
 TIMEOUT_SECONDS = 2.0
+OUTBOX_STALE_SECONDS = 120.0
 
 
 def _timed(check: Callable[[], str | None]) -> dict[str, Any]:
@@ -69,19 +71,61 @@ def _redis(url: str) -> Callable[[], str | None]:
     return check
 
 
-def _tcp_banner(url: str, default_port: int) -> Callable[[], str | None]:
+def _nats(url: str) -> Callable[[], str | None]:
+    """Connect, and ask JetStream about the event stream (the relay creates it)."""
+
+    async def probe() -> str:
+        import nats
+        from nats.js.errors import NotFoundError
+
+        async def quiet(_exc: Exception) -> None:
+            return None
+
+        nc = await nats.connect(
+            servers=[url],
+            connect_timeout=TIMEOUT_SECONDS,
+            allow_reconnect=False,
+            max_reconnect_attempts=0,
+            error_cb=quiet,
+        )
+        try:
+            js = nc.jetstream(timeout=TIMEOUT_SECONDS)
+            try:
+                info = await js.stream_info(STREAM)
+            except NotFoundError:
+                return f"JetStream up; stream {STREAM} not created yet (the relay creates it)"
+            return f"stream {STREAM}: {info.state.messages} messages"
+        finally:
+            await nc.close()
+
     def check() -> str | None:
-        parts = urlsplit(url)
-        with socket.create_connection(
-            (parts.hostname or "127.0.0.1", parts.port or default_port), timeout=TIMEOUT_SECONDS
-        ) as sock:
-            sock.settimeout(TIMEOUT_SECONDS)
-            banner = sock.recv(256)
-        if not banner.startswith(b"INFO "):
-            raise ConnectionError("the server did not greet as NATS")
-        return None
+        return asyncio.run(asyncio.wait_for(probe(), timeout=TIMEOUT_SECONDS * 2))
 
     return check
+
+
+def _outbox(nats_configured: bool) -> dict[str, Any]:
+    """The outbox backlog; ``error`` when NATS is configured and an event has waited longer
+    than ``OUTBOX_STALE_SECONDS`` (no relay running, or it cannot publish)."""
+    started = time.perf_counter()
+    try:
+        pending, oldest = outbox_backlog(db.session)
+        db.session.rollback()
+    except Exception as exc:
+        return {"status": "error", "message": f"{exc.__class__.__name__}: {str(exc)[:200]}"}
+    age = (utcnow() - oldest).total_seconds() if oldest else 0.0
+    result: dict[str, Any] = {
+        "status": "ok",
+        "latency_ms": round((time.perf_counter() - started) * 1000, 2),
+        "pending": pending,
+        "oldest_pending_age_seconds": round(max(age, 0.0), 3),
+    }
+    if not nats_configured:
+        result["message"] = "NATS not configured: events stay in the outbox (GET /v1/events)"
+    elif age > OUTBOX_STALE_SECONDS:
+        result["status"] = "error"
+        result["message"] = f"the oldest pending event has waited {age:.0f} s: is a relay running?"
+    return result
 
 
 def _blob_store(store: BlobStore) -> Callable[[], str | None]:
@@ -142,10 +186,9 @@ def health(settings: Settings, store: BlobStore) -> dict[str, Any]:
     checks["broker"] = _broker_check(settings)
     checks["blob_store"] = _timed(_blob_store(store))
     checks["nats"] = (
-        _timed(_tcp_banner(settings.nats_url, 4222))
-        if settings.nats_url
-        else {"status": "disabled"}
+        _timed(_nats(settings.nats_url)) if settings.nats_url else {"status": "disabled"}
     )
+    checks["outbox"] = _outbox(bool(settings.nats_url))
     if checks["database"]["status"] != "ok":
         status = "unhealthy"
     elif any(c["status"] == "error" for c in checks.values()):

@@ -9,13 +9,14 @@ from typing import Any
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
+from flask_migrate import upgrade
 
 from app import create_app
 from tests.conftest import make_settings
 
 pytestmark = pytest.mark.integration
 
-PARTS = {"database", "redis", "broker", "blob_store", "nats"}
+PARTS = {"database", "redis", "broker", "blob_store", "nats", "outbox"}
 REDIS_URL = "redis://127.0.0.1:6379/0"
 NATS_URL = "nats://127.0.0.1:4222"
 CLOSED = "127.0.0.1:1"
@@ -23,6 +24,8 @@ CLOSED = "127.0.0.1:1"
 
 def _client(tmp_path: Path, **env: str) -> FlaskClient:
     app = create_app(make_settings(f"sqlite:///{tmp_path / 'health.db'}", tmp_path, **env))
+    with app.app_context():
+        upgrade()
     return app.test_client()
 
 
@@ -53,6 +56,10 @@ def test_health_with_nothing_but_the_database(client: FlaskClient) -> None:
     assert "SQLite" in body["checks"]["broker"]["message"]
     for part in ("redis", "nats"):
         assert body["checks"][part] == {"status": "disabled"}
+    # Without NATS the outbox keeps every event; that is the embedded default, not a fault.
+    _assert_ok(body["checks"]["outbox"])
+    assert "NATS not configured" in body["checks"]["outbox"]["message"]
+    assert isinstance(body["checks"]["outbox"]["pending"], int)
 
 
 def test_health_with_redis_and_nats(tmp_path: Path) -> None:
@@ -154,3 +161,45 @@ def test_operations_endpoints_need_no_credentials_and_ignore_bad_ones(
 
     assert response.status_code == 200
     assert response.mimetype == "application/json"
+
+
+def _stale_event(app: Flask, age_seconds: float) -> None:
+    """One committed, unpublished event created ``age_seconds`` ago."""
+    import datetime as dt
+
+    from app.events.models import Event
+    from app.events.service import record_event
+    from app.extensions import db
+
+    with app.app_context():
+        row = record_event(db.session, "asset_registered", None, {})
+        row.created_at = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=age_seconds)
+        db.session.commit()
+        assert db.session.get(Event, row.id) is not None
+        db.session.remove()
+
+
+def test_a_stale_outbox_with_nats_configured_is_degraded(tmp_path: Path) -> None:
+    client = _client(tmp_path, NATS_URL=NATS_URL)
+    _stale_event(client.application, 600)
+
+    body = client.get("/health").get_json()
+
+    assert body["status"] == "degraded"
+    outbox = body["checks"]["outbox"]
+    assert outbox["status"] == "error"
+    assert outbox["pending"] == 1
+    assert outbox["oldest_pending_age_seconds"] >= 600
+    assert "relay" in outbox["message"]
+    _assert_ok(body["checks"]["nats"])
+
+
+def test_a_waiting_outbox_without_nats_is_healthy(tmp_path: Path) -> None:
+    client = _client(tmp_path)
+    _stale_event(client.application, 600)
+
+    body = client.get("/health").get_json()
+
+    assert body["status"] == "healthy"
+    assert body["checks"]["outbox"]["pending"] == 1
+    assert body["checks"]["outbox"]["status"] == "ok"
