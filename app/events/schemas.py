@@ -23,7 +23,7 @@ class CloudEventSchema(ma.Schema):
     sequence = ma.fields.String(
         metadata={"description": "Feed position, zero-padded so that it sorts as text too"}
     )
-    actor = ma.fields.String(metadata={"description": "User id behind the change"})
+    actor = ma.fields.String(metadata={"description": "Username behind the change"})
     requestid = ma.fields.String(metadata={"description": "X-Request-ID of the change"})
     traceid = ma.fields.String(metadata={"description": "OpenTelemetry trace id"})
     data = ma.fields.Dict(required=True)

@@ -21,7 +21,7 @@ from cloudevents.core.formats.json import JSONFormat
 from cloudevents.core.v1.event import CloudEvent
 from sqlalchemy import Table, bindparam, event, func, select, text, update
 from sqlalchemy import inspect as sa_inspect
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, SessionTransaction
 from sqlalchemy.orm.attributes import set_committed_value
 
 from app.context import actor_var, current_trace_id, request_id_var
@@ -74,9 +74,12 @@ def _sequence_pending_events(session: Session) -> None:
         assign_sequence(session, rows)
 
 
-@event.listens_for(Session, "after_rollback")
-def _drop_pending_events(session: Session) -> None:
-    session.info.pop(_PENDING, None)
+@event.listens_for(Session, "after_soft_rollback")
+def _drop_pending_events(session: Session, previous_transaction: SessionTransaction) -> None:
+    # Only when the whole transaction rolls back: a savepoint's rollback keeps the events
+    # recorded before it (its own are filtered out at commit, no longer persistent).
+    if previous_transaction.parent is None:
+        session.info.pop(_PENDING, None)
 
 
 def assign_sequence(session: Session, rows: Sequence[Event]) -> None:

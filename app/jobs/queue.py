@@ -13,7 +13,7 @@ from typing import Any
 from celery import Celery
 from flask import current_app, has_app_context
 from sqlalchemy import event
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, SessionTransaction
 
 from config import Settings
 from config.celery import celery_config
@@ -66,6 +66,9 @@ def _send_pending(session: Session) -> None:
             send_task(producer, name, args, queue)
 
 
-@event.listens_for(Session, "after_rollback")
-def _drop_pending(session: Session) -> None:
-    session.info.pop(_PENDING, None)
+@event.listens_for(Session, "after_soft_rollback")
+def _drop_pending(session: Session, previous_transaction: SessionTransaction) -> None:
+    # Only the whole transaction's rollback: a savepoint's keeps what was enqueued before it (a
+    # task sent for a row its savepoint dropped finds no job and returns).
+    if previous_transaction.parent is None:
+        session.info.pop(_PENDING, None)

@@ -19,6 +19,7 @@ import requests
 
 from config import ENV_NAMES
 from tests.conftest import drop_pg_database, fresh_pg_database
+from tests.integration.nats_support import SHARED_NATS_URL, read_stream, require_nats
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -33,7 +34,10 @@ def _free_port() -> int:
 
 
 class Server:
-    def __init__(self, base: str, process: subprocess.Popen[bytes], workdir: Path) -> None:
+    def __init__(
+        self, base: str, process: subprocess.Popen[bytes], workdir: Path, nats: bool
+    ) -> None:
+        self.nats = nats
         self.base = base
         self.process = process
         self.workdir = workdir
@@ -62,8 +66,11 @@ def server(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Server]:
         LOG_LEVEL="INFO",
     )
     if request.param == "postgres":
+        # Service mode for the parts that matter here: PostgreSQL, and NATS with the relay.
+        require_nats(SHARED_NATS_URL)
         database_url = fresh_pg_database("_e2e")
         env["DATABASE_URL"] = database_url
+        env["NATS_URL"] = SHARED_NATS_URL
     exe = Path(sys.executable).parent / "llm-registry"
     log = (tmp_path / "server.log").open("wb")
     process = subprocess.Popen(
@@ -87,7 +94,7 @@ def server(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Server]:
     else:
         pytest.fail("server did not come up in 60 s")
     try:
-        yield Server(base, process, tmp_path)
+        yield Server(base, process, tmp_path, nats="NATS_URL" in env)
     finally:
         os.killpg(process.pid, signal.SIGTERM)
         try:
@@ -378,3 +385,36 @@ def test_policies_as_a_new_user_sees_them(server: Server) -> None:
     assert result["rule"] == "allowed-license"
     assert result["passed"] is False
     assert result["policy_id"] == policy["id"]
+
+
+def test_events_feed_and_relay(server: Server) -> None:
+    """Every change is in GET /v1/events; with NATS_URL set, ``make run`` also runs the relay
+    and the same CloudEvents reach JetStream, in order. Without it they wait in the outbox."""
+    server.login()
+    asset = _register(server, asset_type="model", name="e2e/evented", version="1.0.0")
+    patched = server.session.patch(server.url(f"/v1/assets/{asset['id']}"), json={"tags": ["x"]})
+    assert patched.status_code == 200, patched.text
+
+    feed = server.session.get(server.url("/v1/events"), params={"asset_id": asset["id"]}).json()
+    types = [item["type"] for item in feed["items"]]
+    assert types[0] == "asset_registered" and types[-1] == "asset_updated"
+    assert "asset_validated" in types
+    assert feed["total"] == len(types) and feed["next_cursor"] is None
+
+    if server.nats:
+        deadline = time.monotonic() + 30
+        outbox: dict[str, Any] = {}
+        while time.monotonic() < deadline:
+            outbox = requests.get(server.url("/health"), timeout=5).json()["checks"]["outbox"]
+            if outbox["pending"] == 0:
+                break
+            time.sleep(0.2)
+        assert outbox["pending"] == 0, outbox
+        messages = read_stream(SHARED_NATS_URL, f"registry.events.*.{asset['id']}", len(types))
+        assert [m.event for m in messages] == feed["items"]
+        assert [m.headers["Nats-Msg-Id"] for m in messages] == [i["id"] for i in feed["items"]]
+    else:
+        assert "events stay in the outbox" in (server.workdir / "server.log").read_text()
+        health = requests.get(server.url("/health"), timeout=5).json()
+        assert health["checks"]["nats"] == {"status": "disabled"}
+        assert health["checks"]["outbox"]["pending"] >= len(types)

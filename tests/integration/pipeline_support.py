@@ -22,7 +22,7 @@ import pytest
 import redis
 from flask import Flask
 from flask_migrate import upgrade
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from app import create_app
@@ -203,6 +203,10 @@ class Stack:
         ``COMPLIANCE_SCAN_INTERVAL_SECONDS``)."""
         return self._spawn("beat", [str(BIN / "llm-registry"), "beat"], **extra_env)
 
+    def start_relay(self, name: str = "relay", **extra_env: str) -> Process:
+        """``llm-registry relay`` (publishes the outbox to ``NATS_URL``)."""
+        return self._spawn(name, [str(BIN / "llm-registry"), "relay"], **extra_env)
+
     def wait_ready(self, process: Process, node: str | None, timeout: float = 60) -> None:
         """Until the worker answers a broker ping (it then consumes the queue)."""
         control = self.app.extensions["task_producer"].control
@@ -283,13 +287,25 @@ class Stack:
             finally:
                 db.session.remove()
 
-    def events(self, asset_id: str) -> list[Event]:
-        """The outbox rows of one asset, oldest first."""
-        return self.query(
-            lambda s: list(
-                s.scalars(select(Event).where(Event.asset_id == asset_id).order_by(Event.id))
+    def events(self, asset_id: str | None = None) -> list[Event]:
+        """The committed outbox rows (of one asset, if given) in feed order."""
+        query = select(Event).where(Event.seq.is_not(None)).order_by(Event.seq)
+        if asset_id is not None:
+            query = query.where(Event.asset_id == asset_id)
+        return self.query(lambda s: list(s.scalars(query)))
+
+    def wait_outbox_drained(self, timeout: float = 60) -> None:
+        """Until no committed event waits to be published; fails after ``timeout`` s."""
+        deadline = time.monotonic() + timeout
+        pending = -1
+        while time.monotonic() < deadline:
+            pending = self.query(
+                lambda s: s.scalar(select(func.count()).where(Event.published_at.is_(None))) or 0
             )
-        )
+            if pending == 0:
+                return
+            time.sleep(0.1)
+        pytest.fail(f"{pending} events still pending after {timeout} s\n{self.logs()}")
 
 
 def build_stack(workdir: Path, suffix: str, broker: str, **extra_env: str) -> Stack:
