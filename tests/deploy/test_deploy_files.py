@@ -39,6 +39,7 @@ COMPOSE_APP_SERVICES = {
     "api": "serve",
     "worker": "worker",
     "beat": "beat",
+    "relay": "relay",
 }
 NAMESPACE = "llm-registry"
 LIVE_PATH = "/health/live"
@@ -507,7 +508,7 @@ def test_compose_depends_on_targets_exist() -> None:
 def test_compose_startup_order() -> None:
     services = compose()["services"]
     assert services["migrate"]["restart"] == "no"
-    for name in ("api", "worker", "beat"):
+    for name in ("api", "worker", "beat", "relay"):
         deps = services[name]["depends_on"]
         assert deps["migrate"]["condition"] == "service_completed_successfully", name
         assert deps["postgres"]["condition"] == "service_healthy", name
@@ -526,7 +527,7 @@ def test_k8s_deployments_run_subcommands() -> None:
             assert args and args[0] in SUBCOMMANDS, f"{d['metadata']['name']}: args {args}"
             assert "command" not in c, "the image's ENTRYPOINT (llm-registry) must stay"
             seen.add(args[0])
-    assert seen == {"serve", "worker", "beat"}
+    assert seen == {"serve", "worker", "beat", "relay"}
     (job,) = k8s_of_kind("Job")
     assert job["spec"]["template"]["spec"]["containers"][0]["args"] == ["migrate"]
 
