@@ -11,9 +11,10 @@ import os
 from typing import Any
 
 from celery import Celery, Task, signals
+from opentelemetry.trace import SpanKind
 
 from app import create_app
-from app.observability import configure_logging
+from app.observability import configure_logging, tracer
 from config import load_settings
 from config.celery import celery_config
 
@@ -26,7 +27,11 @@ class FlaskTask(Task):
     """Runs every task inside the Flask app context (database session, settings)."""
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        with flask_app.app_context():
+        # A span per run: log lines and the events the task writes carry its trace id.
+        with (
+            flask_app.app_context(),
+            tracer.start_as_current_span(self.name, kind=SpanKind.CONSUMER),
+        ):
             return super().__call__(*args, **kwargs)
 
 

@@ -1,4 +1,5 @@
-"""Structured logs and per-request bookkeeping: request id, one JSON line per request."""
+"""Structured logs and per-request bookkeeping: request id, a trace span, one JSON line per
+request."""
 
 from __future__ import annotations
 
@@ -9,6 +10,9 @@ import time
 import uuid
 
 from flask import Flask, Response, g, request
+from opentelemetry import context as otel_context
+from opentelemetry import propagate, trace
+from opentelemetry.trace import SpanKind, Status, StatusCode
 from pythonjsonlogger.json import JsonFormatter
 
 from app.context import actor_var, current_trace_id, request_id_var
@@ -52,11 +56,40 @@ def configure_logging(level: str) -> None:
     root.setLevel(level if level in logging.getLevelNamesMapping() else "INFO")
 
 
+_tracing_ready = False
+
+
+def init_tracing(service_name: str = "llm-registry") -> None:
+    """The OpenTelemetry SDK's tracer provider, once per process, so that every request and
+    task has a trace id (for logs and events) and a caller's ``traceparent`` is continued."""
+    global _tracing_ready
+    if _tracing_ready:
+        return
+    from opentelemetry.sdk.resources import Resource
+    from opentelemetry.sdk.trace import TracerProvider
+
+    if not isinstance(trace.get_tracer_provider(), TracerProvider):
+        trace.set_tracer_provider(
+            TracerProvider(resource=Resource.create({"service.name": service_name}))
+        )
+    _tracing_ready = True
+
+
+tracer = trace.get_tracer("llm-registry")
+
+
 def install_request_hooks(app: Flask) -> None:
+    init_tracing()
+
     @app.before_request
     def _start() -> None:
         incoming = request.headers.get("X-Request-ID", "")
         g.request_id = incoming if _REQUEST_ID.fullmatch(incoming) else str(uuid.uuid4())
+        parent = propagate.extract(request.headers)
+        route = request.url_rule.rule if request.url_rule else "unmatched"
+        span = tracer.start_span(f"{request.method} {route}", context=parent, kind=SpanKind.SERVER)
+        g.otel_span = span
+        g.otel_token = otel_context.attach(trace.set_span_in_context(span, parent))
         g.request_started = time.perf_counter()
         g.request_id_token = request_id_var.set(g.request_id)
         # ``g`` belongs to the app context, which outlives one request when a caller (a test, a
@@ -81,6 +114,12 @@ def install_request_hooks(app: Flask) -> None:
         response.headers.setdefault("Referrer-Policy", "no-referrer")
         started = g.get("request_started")
         identity = g.get("identity")
+        span = g.get("otel_span")
+        if span is not None:
+            span.set_attribute("http.request.method", request.method)
+            span.set_attribute("http.response.status_code", response.status_code)
+            if response.status_code >= 500:
+                span.set_status(Status(StatusCode.ERROR))
         request_log.info(
             "%s %s %s",
             request.method,
@@ -101,7 +140,15 @@ def install_request_hooks(app: Flask) -> None:
         return response
 
     @app.teardown_request
-    def _reset(_exc: BaseException | None) -> None:
+    def _reset(exc: BaseException | None) -> None:
+        span = g.pop("otel_span", None)
+        if span is not None:
+            if exc is not None:
+                span.set_status(Status(StatusCode.ERROR, exc.__class__.__name__))
+            span.end()
+        token = g.pop("otel_token", None)
+        if token is not None:
+            otel_context.detach(token)
         g.pop("identity", None)
         token = g.pop("request_id_token", None)
         if token is not None:

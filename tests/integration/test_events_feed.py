@@ -443,3 +443,23 @@ def test_concurrent_commits_keep_the_feed_gapless(engine: Engine, reader: Api) -
         assert markers(items[first : first + len(names)]) == names
 
     assert ids(polled) == ids(items)
+
+
+def test_events_carry_the_callers_trace(dev: Api) -> None:
+    """A W3C ``traceparent`` sent with the change is continued: its trace id is on the event;
+    without one, the request's own trace id is."""
+    trace_id = "4bf92f3577b34da6a3ce929d0e0e4736"
+    traced = dev.post(
+        "/v1/assets",
+        json={"asset_type": "model", "name": "acme/traced", "version": "1.0.0"},
+        headers={"traceparent": f"00-{trace_id}-00f067aa0ba902b7-01"},
+    )
+    assert traced.status_code == 202, traced.get_json()
+    untraced = register(dev, "acme/untraced")
+
+    (first,) = feed(dev, asset_id=traced.get_json()["id"])["items"]
+    (second,) = feed(dev, asset_id=untraced["id"])["items"]
+
+    assert first["traceid"] == trace_id
+    assert re.fullmatch(r"[0-9a-f]{32}", second["traceid"])
+    assert second["traceid"] != trace_id
