@@ -7,7 +7,7 @@ DEVSTAMP := $(VENV)/.dev-installed
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install dev-install run serve migrate test test-fast lint format typecheck bench-blobs services lock clean
+.PHONY: bench-relay help install dev-install run serve migrate test test-fast lint format typecheck bench-blobs services lock clean
 
 help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  %-12s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -55,6 +55,9 @@ test-fast: dev-install ## The test suite without lint
 
 bench-blobs: dev-install ## Upload and verify a 2 GiB blob; print MB/s (vs openssl) and peak RSS
 	$(BIN)/python bench/bench_blobs.py --size-gib $${SIZE_GIB:-2}
+
+bench-relay: dev-install ## Write 5,000 events and publish them to a private NATS; print events/s
+	$(BIN)/python bench/bench_relay.py
 
 services: ## Start PostgreSQL, Redis and NATS on 127.0.0.1 if they are not answering
 	bash scripts/services.sh
