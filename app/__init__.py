@@ -59,6 +59,7 @@ def create_app(
 ) -> Flask:
     """Build a registry app from ``settings`` (default: defaults < TOML < environment)."""
     from app import errors, models, observability  # noqa: F401  (models: complete metadata)
+    from app.auth.revocation import make_revocation_store
     from app.extensions import db, jwt, make_api, migrate
     from app.jobs.queue import make_producer
     from app.json import OrjsonProvider
@@ -77,6 +78,7 @@ def create_app(
         str(settings.blob_store_url), settings.s3_endpoint_url
     )
     app.extensions["task_producer"] = make_producer(settings)
+    app.extensions["revocation_store"] = make_revocation_store(settings.redis_url)
     if str(settings.database_url).startswith("sqlite"):
         from pathlib import Path
 

@@ -1,6 +1,7 @@
 """Imports every model so that ``Base.metadata`` is complete (migrations, tests)."""
 
 from app.assets.models import Asset, AssetDependency, AssetName, AssetTag
+from app.auth.models import ApiKey, RevokedToken
 from app.blobs.models import Blob
 from app.events.models import Event, RelayState
 from app.jobs.models import Job, JobStep
@@ -8,6 +9,7 @@ from app.testsuites.models import TestRun
 from app.users.models import User
 
 __all__ = [
+    "ApiKey",
     "Asset",
     "AssetDependency",
     "AssetName",
@@ -17,6 +19,7 @@ __all__ = [
     "Job",
     "JobStep",
     "RelayState",
+    "RevokedToken",
     "TestRun",
     "User",
 ]

@@ -1,7 +1,8 @@
 """Who is calling: resolve the request's credentials to an Identity, once per request.
 
 Roles and the disabled flag come from the database on every request, so a demotion or a disable
-takes effect at once. API keys (a later issue) resolve here too, to the same Identity shape.
+takes effect at once. Credentials: ``Authorization: Bearer <jwt or api key>`` or
+``X-API-Key: <api key>``; a JWT whose login was logged out (its token family revoked) is refused.
 """
 
 from __future__ import annotations
@@ -9,12 +10,15 @@ from __future__ import annotations
 import dataclasses
 import logging
 
-from flask import g, request
+from flask import current_app, g, request
 from flask_jwt_extended import decode_token
 from flask_jwt_extended.exceptions import JWTExtendedException
 from jwt import PyJWTError
 
+from app.auth.apikeys import authenticate_api_key, looks_like_api_key
 from app.auth.permissions import allows, highest_role, permissions_of
+from app.auth.revocation import revocation_store
+from app.auth.signing import verify_request_signature
 from app.context import actor_var
 from app.errors import ForbiddenError, UnauthorizedError
 from app.extensions import db
@@ -34,6 +38,9 @@ class Identity:
     permissions: frozenset[str]
     kind: str = "user"  # "user" (JWT) or "apikey"
     token_jti: str | None = None
+    family: str | None = None  # the login a JWT belongs to
+    token_exp: int | None = None
+    api_key_id: str | None = None
 
     def can(self, permission: str) -> bool:
         return allows(self.permissions, permission)
@@ -43,10 +50,15 @@ class Identity:
         return self.role == "admin"
 
 
-def _bearer_token() -> str | None:
+def _credential() -> str | None:
     header = request.headers.get("Authorization")
+    api_key = request.headers.get("X-API-Key")
     if header is None:
-        return None
+        if api_key is None:
+            return None
+        if not looks_like_api_key(api_key.strip()):
+            raise UnauthorizedError("the X-API-Key header does not hold an API key")
+        return api_key.strip()
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         raise UnauthorizedError("the Authorization header must be 'Bearer <token>'")
@@ -63,6 +75,9 @@ def _identity_from_jwt(token: str) -> Identity:
         raise UnauthorizedError("the access token is invalid or expired")
     if claims.get("type") != "access":
         raise UnauthorizedError("an access token is required")
+    family = claims.get("fam")
+    if not isinstance(family, str) or revocation_store().is_revoked(family):
+        raise UnauthorizedError("the access token has been revoked")
     subject = claims["sub"]
     if not isinstance(subject, str) or not subject.isalnum():
         # User ids are ULIDs; anything else (a NUL byte would even break PostgreSQL) is forged.
@@ -80,7 +95,26 @@ def _identity_from_jwt(token: str) -> Identity:
         roles=tuple(user.roles),
         permissions=permissions_of(role),
         token_jti=claims.get("jti"),
+        family=family,
+        token_exp=int(claims["exp"]),
     )
+
+
+def _identity_from_api_key(key: str) -> Identity:
+    row, owner, role = authenticate_api_key(key)
+    identity = Identity(
+        user_id=owner.id,
+        username=owner.username,
+        role=role,
+        roles=tuple(owner.roles),
+        permissions=permissions_of(role),
+        kind="apikey",
+        api_key_id=row.id,
+    )
+    settings = current_app.extensions["registry_settings"]
+    if row.signing or settings.require_request_signing:
+        verify_request_signature(row)
+    return identity
 
 
 def current_identity() -> Identity:
@@ -88,10 +122,13 @@ def current_identity() -> Identity:
     cached = g.get("identity")
     if cached is not None:
         return cached  # type: ignore[no-any-return]
-    token = _bearer_token()
+    token = _credential()
     if token is None:
         raise UnauthorizedError("authentication is required")
-    identity = _identity_from_jwt(token)
+    if looks_like_api_key(token):
+        identity = _identity_from_api_key(token)
+    else:
+        identity = _identity_from_jwt(token)
     g.identity = identity
     actor_var.set(identity.username)  # events and logs of this request name their actor
     return identity

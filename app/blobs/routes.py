@@ -3,7 +3,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from flask import Response, current_app, request
+from flask import Response, current_app, g, request
 from flask.views import MethodView
 
 from app.auth.identity import current_identity
@@ -138,6 +138,7 @@ class Blobs(MethodView):
             max_bytes=limit,
             actor=current_identity().username,
             content_length=request.content_length,
+            verify_body=g.pop("verify_body", None),
         )
         return blob, 201 if created else 200, {"Location": f"/v1/blobs/{blob.digest}"}
 

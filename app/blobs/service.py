@@ -60,6 +60,7 @@ def upload_blob(
     max_bytes: int,
     actor: str,
     content_length: int | None = None,
+    verify_body: Callable[[str], None] | None = None,
 ) -> tuple[Blob, bool]:
     """Stream ``stream`` into the store while hashing it; returns the blob and whether it is new.
 
@@ -68,6 +69,8 @@ def upload_blob(
     before reading anything when ``content_length`` says so) or does not match
     ``expected_sha256`` (422). The same bytes twice are one blob (the second upload returns
     ``created=False``), also when two uploads of them race. Commits the blob's row.
+    ``verify_body(hex_sha256)`` (a request signature) runs when the body has ended; if it
+    raises, bytes this upload stored are deleted again and the error propagates.
     """
     if expected_sha256 is not None:
         expected_sha256 = expected_sha256.strip().lower()
@@ -97,6 +100,13 @@ def upload_blob(
         ) from None
     except StorageError as exc:
         raise UnavailableError(f"the blob store is unavailable: {exc}") from None
+    if verify_body is not None:
+        try:
+            verify_body(result.hex_digest)
+        except Exception:
+            if result.created:
+                _store().delete(digest_key(result.hex_digest))
+            raise
     digest = f"sha256:{result.hex_digest}"
     session = db.session
     # Two uploads of the same bytes may race here: the row is claimed, never inserted twice.

@@ -414,6 +414,7 @@ def _access_token(user_id: str = "01HZZZZZZZZZZZZZZZZZZZZZZZ") -> str:
         "nbf": now,
         "exp": now + dt.timedelta(minutes=5),
         "jti": "j",
+        "fam": "f",
         "type": "access",
     }
     return jwt.encode(claims, JWT_SECRET, algorithm="HS256")
