@@ -64,6 +64,8 @@ def create_app(
     from app.jobs.queue import make_producer
     from app.json import OrjsonProvider
     from app.metrics import init_metrics
+    from app.observability import init_cors
+    from app.ratelimit import init_rate_limits
     from app.storage import blob_store_from_url
 
     if settings is None:
@@ -122,6 +124,13 @@ def create_app(
     _register_blueprints(api)
     errors.register_error_handlers(app)
     observability.install_request_hooks(app)
+    init_rate_limits(app, settings)
+    init_cors(app, settings)
+    if settings.trusted_proxies:
+        from werkzeug.middleware.proxy_fix import ProxyFix
+
+        hops = settings.trusted_proxies
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops)  # type: ignore[method-assign]
     init_metrics(app)
     _register_commands(app)
     return app

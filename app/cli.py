@@ -104,6 +104,9 @@ def serve_http(settings: Settings, workers: int, threads: int) -> None:
             self.cfg.set("timeout", 120)
             self.cfg.set("graceful_timeout", 20)
             self.cfg.set("accesslog", None)  # the app logs one JSON line per request
+            # gunicorn answers an over-long request line with an HTML page; let the app answer
+            # (problem+json, MAX_URL_LENGTH) instead.
+            self.cfg.set("limit_request_line", 0)
             self.cfg.set("logconfig_dict", _gunicorn_logging(settings.log_level))
 
         def load(self) -> Any:

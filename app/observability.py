@@ -8,6 +8,7 @@ import re
 import sys
 import time
 import uuid
+from typing import Any
 
 from flask import Flask, Response, g, request
 from opentelemetry import context as otel_context
@@ -20,6 +21,7 @@ from app.errors import InvalidInputError
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 request_log = logging.getLogger("registry.request")
+MAX_URL_LENGTH = 8192
 
 
 class ContextFilter(logging.Filter):
@@ -97,6 +99,12 @@ def install_request_hooks(app: Flask) -> None:
         g.pop("identity", None)
 
     @app.before_request
+    def _reject_long_urls() -> None:
+        raw = request.environ.get("RAW_URI") or request.full_path
+        if len(raw) > MAX_URL_LENGTH:
+            raise InvalidInputError(f"the URL is longer than {MAX_URL_LENGTH} characters")
+
+    @app.before_request
     def _reject_nul_bytes() -> None:
         # PostgreSQL cannot store or even compare text holding NUL, SQLite can: reject it up
         # front so that both backends answer alike, and never with a 500.
@@ -109,9 +117,15 @@ def install_request_hooks(app: Flask) -> None:
     def _finish(response: Response) -> Response:
         request_id = g.get("request_id") or str(uuid.uuid4())
         response.headers["X-Request-ID"] = request_id
+        if response.status_code not in (429, 503):
+            response.headers.pop("Retry-After", None)  # the limiter adds it to every answer
         response.headers.setdefault("X-Content-Type-Options", "nosniff")
         response.headers.setdefault("X-Frame-Options", "DENY")
         response.headers.setdefault("Referrer-Policy", "no-referrer")
+        if request.is_secure:  # TLS here or, with TRUSTED_PROXIES, at the proxy
+            response.headers.setdefault(
+                "Strict-Transport-Security", "max-age=31536000; includeSubDomains"
+            )
         started = g.get("request_started")
         identity = g.get("identity")
         span = g.get("otel_span")
@@ -154,3 +168,47 @@ def install_request_hooks(app: Flask) -> None:
         if token is not None:
             request_id_var.reset(token)
         actor_var.set(None)
+
+
+CORS_EXPOSED = (
+    "ETag",
+    "Location",
+    "X-Request-ID",
+    "X-RateLimit-Limit",
+    "X-RateLimit-Remaining",
+    "X-RateLimit-Reset",
+    "Retry-After",
+)
+CORS_ALLOWED_HEADERS = (
+    "Authorization",
+    "Content-Type",
+    "If-Match",
+    "If-None-Match",
+    "Range",
+    "X-API-Key",
+    "X-Checksum-SHA256",
+    "X-Request-ID",
+    "X-Signature",
+    "X-Signature-Timestamp",
+    "traceparent",
+)
+
+
+def init_cors(app: Flask, settings: Any) -> None:
+    """CORS for the origins in ``CORS_ALLOWED_ORIGINS`` (``*`` for any); none by default."""
+    origins = list(settings.cors_allowed_origins)
+    if not origins:
+        return
+    from flask_cors import CORS
+
+    CORS(
+        app,
+        resources={r"/v1/*": {}, r"/openapi.json": {}, r"/health*": {}, r"/version": {}},
+        origins="*" if "*" in origins else origins,
+        expose_headers=list(CORS_EXPOSED),
+        allow_headers=list(CORS_ALLOWED_HEADERS),
+        methods=["GET", "HEAD", "POST", "PATCH", "DELETE", "OPTIONS"],
+        max_age=600,
+        supports_credentials=False,
+        vary_header=True,
+    )

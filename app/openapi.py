@@ -65,6 +65,13 @@ class RegistryParser(FlaskParser):
         "files": ma.EXCLUDE,
     }
 
+    def _load_location_data(self, *, schema: ma.Schema, req: Request, location: str) -> Any:
+        data = super()._load_location_data(schema=schema, req=req, location=location)
+        if location == "json" and data is core.missing and not _body_optional(schema):
+            # A documented, required body: "no body" is not "an empty object".
+            raise InvalidInputError("this operation needs a JSON body")
+        return data
+
     def _raw_load_json(self, req: Request) -> Any:
         data = req.get_data(cache=True)
         limit = req.max_content_length
@@ -90,6 +97,11 @@ class RegistryParser(FlaskParser):
         if b"\\u0000" in data and _holds_nul(body):
             raise InvalidInputError("the request body must not contain NUL characters")
         return body
+
+
+def _body_optional(schema: ma.Schema) -> bool:
+    """A schema whose body may be left out entirely: ``class Meta: body_optional = True``."""
+    return bool(getattr(getattr(schema, "Meta", None), "body_optional", False))
 
 
 def _holds_nul(value: Any) -> bool:

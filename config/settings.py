@@ -59,6 +59,9 @@ class Settings:
     otel_exporter_otlp_endpoint: str | None = None
     # Where ./var lives; not an env var of the contract, settable in the TOML file only.
     var_dir: str = "var"
+    # Per-endpoint rate limits, TOML only: a [rate_limits] table of "METHOD /path/{template}" =
+    # "N per M seconds" (or "N/minute"), each replacing the global limit on that endpoint.
+    rate_limits: tuple[tuple[str, str], ...] = ()
 
     @property
     def is_development(self) -> bool:
@@ -77,8 +80,9 @@ class Settings:
         return out
 
 
+TOML_ONLY = frozenset({"var_dir", "rate_limits"})
 ENV_NAMES: tuple[str, ...] = tuple(
-    f.name.upper() for f in dataclasses.fields(Settings) if f.name != "var_dir"
+    f.name.upper() for f in dataclasses.fields(Settings) if f.name not in TOML_ONLY
 )
 _FIELD_TYPES = get_type_hints(Settings)
 _FIELD_NAMES = {f.name for f in dataclasses.fields(Settings)}
@@ -121,6 +125,8 @@ def _coerce(name: str, value: Any) -> Any:
         if number < 0:
             raise ConfigError(f"{label} must not be negative, got {number}")
         return number
+    if kind == tuple[tuple[str, str], ...]:
+        return _rate_limits(value)
     if kind == tuple[str, ...]:
         items = value if isinstance(value, list) else str(value).split(",")
         return tuple(str(item).strip() for item in items if str(item).strip())
@@ -128,6 +134,29 @@ def _coerce(name: str, value: Any) -> Any:
         raise ConfigError(f"{label} must be a single value, got {value!r}")
     text = str(value).strip()
     return text or None
+
+
+def _rate_limits(value: Any) -> tuple[tuple[str, str], ...]:
+    """``{"POST /v1/assets": "20 per minute"}`` -> validated (endpoint, limit) pairs."""
+    from limits import parse_many
+
+    if not isinstance(value, dict):
+        raise ConfigError("rate_limits must be a table of 'METHOD /path' = 'N per M seconds'")
+    pairs = []
+    for endpoint, limit in value.items():
+        method, _, path = str(endpoint).partition(" ")
+        if method.upper() not in {"GET", "POST", "PUT", "PATCH", "DELETE", "HEAD"} or not (
+            path.startswith("/v1/")
+        ):
+            raise ConfigError(f"rate_limits: {endpoint!r} must look like 'POST /v1/assets'")
+        try:
+            parse_many(str(limit))
+        except ValueError:
+            raise ConfigError(
+                f"rate_limits: {limit!r} for {endpoint!r} is not a limit like '20 per minute'"
+            ) from None
+        pairs.append((f"{method.upper()} {path}", str(limit)))
+    return tuple(sorted(pairs))
 
 
 def _read_toml(path: str | os.PathLike[str]) -> dict[str, Any]:
@@ -160,7 +189,7 @@ def load_settings(
     if path:
         raw.update(_read_toml(path))
     for name in _FIELD_NAMES:
-        if name.upper() in env and name != "var_dir":
+        if name.upper() in env and name not in TOML_ONLY:
             raw[name] = env[name.upper()]
     for name, value in (overrides or {}).items():
         if name not in _FIELD_NAMES:
@@ -184,6 +213,9 @@ def _derive(settings: Settings) -> Settings:
         raise ConfigError(f"SERVER_PORT must be 1-65535, got {settings.server_port}")
     if settings.jwt_expiration_seconds < 1:
         raise ConfigError("JWT_EXPIRATION_SECONDS must be at least 1")
+    for name in ("rate_limit_max_requests", "rate_limit_window_secs"):
+        if getattr(settings, name) < 1:
+            raise ConfigError(f"{name.upper()} must be at least 1")
     var_dir = Path(settings.var_dir).resolve()
     changes: dict[str, Any] = {"var_dir": str(var_dir), "log_level": settings.log_level.upper()}
     if settings.server_host is None:

@@ -267,7 +267,7 @@ class TestCase(ma.fields.Field[Any]):
 
 class TestSuiteSpecSchema(ma.Schema):
     applies_to = ma.fields.Nested(AppliesToSchema)
-    gating = ma.fields.Boolean(load_default=True)
+    gating = ma.fields.Boolean(load_default=True, truthy={True}, falsy={False})
     timeout_seconds = ma.fields.Integer(load_default=30, validate=ma.validate.Range(min=1, max=600))
     cases = ma.fields.List(
         TestCase(),

@@ -44,7 +44,7 @@ class ApiKeyCreateSchema(ma.Schema):
     name = ma.fields.String(required=True, validate=ma.validate.Length(min=1, max=100))
     role = ma.fields.String(validate=ma.validate.OneOf(ROLES))
     expires_in_days = ma.fields.Integer(validate=ma.validate.Range(min=1, max=3650))
-    signing = ma.fields.Boolean(load_default=False)
+    signing = ma.fields.Boolean(load_default=False, truthy={True}, falsy={False})
 
 
 class ApiKeySchema(ma.Schema):

@@ -16,6 +16,7 @@ from app.auth.revocation import revocation_store
 from app.db import new_id
 from app.errors import UnauthorizedError
 from app.extensions import db
+from app.ratelimit import check_login_attempts, record_login_failure
 from app.users.models import User
 from app.users.service import authenticate
 
@@ -38,7 +39,12 @@ def issue_tokens(user: User, family: str | None = None) -> dict[str, Any]:
 
 def login(username: str, password: str) -> dict[str, Any]:
     """Check the credentials and issue tokens; ``UnauthorizedError`` (401) on any failure."""
-    user = authenticate(username, password)
+    check_login_attempts(username)
+    try:
+        user = authenticate(username, password)
+    except UnauthorizedError:
+        record_login_failure(username)
+        raise
     body = issue_tokens(user)
     body["user"] = {"id": user.id, "username": user.username, "roles": list(user.roles)}
     return body

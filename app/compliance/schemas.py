@@ -25,6 +25,9 @@ class ComplianceSchema(ma.Schema):
 
 
 class ScanRequestSchema(ma.Schema):
+    class Meta:
+        body_optional = True  # POST /v1/compliance/scans with no body scans everything
+
     # Only these carry a compliance verdict: a scan of policies or test suites re-checks nothing.
     asset_type = ma.fields.String(validate=ma.validate.OneOf(GOVERNED_TYPES))
     policy_id = ma.fields.String(validate=FullMatch(ULID_PATTERN, error="must be an asset id"))

@@ -51,7 +51,7 @@ class UserCreateSchema(ma.Schema):
 
 class UserUpdateSchema(ma.Schema):
     roles = _roles()
-    disabled = ma.fields.Boolean()
+    disabled = ma.fields.Boolean(truthy={True}, falsy={False})
     password = _password()
     current_password = ma.fields.String(
         load_only=True, validate=ma.validate.Length(max=PASSWORD_MAX)

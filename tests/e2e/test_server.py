@@ -64,6 +64,7 @@ def server(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Server]:
         REGISTRY_ADMIN_USERNAME="admin",
         REGISTRY_ADMIN_PASSWORD=ADMIN_PASSWORD,
         LOG_LEVEL="INFO",
+        RATE_LIMIT_ENABLED="false",  # paging through 1,000 assets is well over 100 requests/min
     )
     if request.param == "postgres":
         # Service mode for the parts that matter here: PostgreSQL, and NATS with the relay.
@@ -418,3 +419,80 @@ def test_events_feed_and_relay(server: Server) -> None:
         health = requests.get(server.url("/health"), timeout=5).json()
         assert health["checks"]["nats"] == {"status": "disabled"}
         assert health["checks"]["outbox"]["pending"] >= len(types)
+
+
+def test_no_secret_reaches_the_logs(server: Server) -> None:
+    """A session that handles every kind of secret (password, access and refresh tokens, an API
+    key and its signing secret, a bad password, a forged token) leaves none of them in the log
+    of any process."""
+    import hashlib as _hashlib
+
+    from app.auth.signing import signature_for
+
+    login = requests.post(
+        server.url("/v1/auth/login"),
+        json={"username": "admin", "password": ADMIN_PASSWORD},
+        timeout=10,
+    ).json()
+    access, refresh = login["access_token"], login["refresh_token"]
+    rotated = requests.post(
+        server.url("/v1/auth/refresh"), json={"refresh_token": refresh}, timeout=10
+    ).json()
+    headers = {"Authorization": f"Bearer {rotated['access_token']}"}
+    created = requests.post(
+        server.url("/v1/auth/api-keys"),
+        json={"name": "logs", "signing": True},
+        headers=headers,
+        timeout=10,
+    ).json()
+    key, secret = created["key"], created["signing_secret"]
+    timestamp = str(int(time.time()))
+    signature = signature_for(
+        secret, "GET", "/v1/assets?limit=1", timestamp, _hashlib.sha256(b"").hexdigest()
+    )
+    signed = requests.get(
+        server.url("/v1/assets?limit=1"),
+        headers={"X-API-Key": key, "X-Signature-Timestamp": timestamp, "X-Signature": signature},
+        timeout=10,
+    )
+    assert signed.status_code == 200, signed.text
+    wrong_password = "not-the-admin-password-9876"
+    assert (
+        requests.post(
+            server.url("/v1/auth/login"),
+            json={"username": "admin", "password": wrong_password},
+            timeout=10,
+        ).status_code
+        == 401
+    )
+    forged = access[:-4] + "AAAA"
+    assert (
+        requests.get(
+            server.url("/v1/auth/me"), headers={"Authorization": f"Bearer {forged}"}, timeout=10
+        ).status_code
+        == 401
+    )
+    assert (
+        requests.post(server.url("/v1/auth/logout"), headers=headers, timeout=10).status_code == 204
+    )
+    time.sleep(1)  # let the processes flush their last lines
+
+    log = (server.workdir / "server.log").read_text()
+    assert "POST /v1/auth/login" in log  # the requests were logged, only not their secrets
+    jwt_secret_file = server.workdir / "var" / "dev-jwt-secret"
+    secrets_seen = {
+        "admin password": ADMIN_PASSWORD,
+        "wrong password": wrong_password,
+        "access token": access,
+        "refresh token": refresh,
+        "rotated refresh token": rotated["refresh_token"],
+        "forged token": forged,
+        "API key": key,
+        "signing secret": secret,
+        "signature": signature,
+    }
+    if jwt_secret_file.is_file():
+        secrets_seen["JWT secret"] = jwt_secret_file.read_text().strip()
+    for what, value in secrets_seen.items():
+        assert value not in log, f"the {what} is in the log"
+        assert value[:16] not in log, f"a piece of the {what} is in the log"

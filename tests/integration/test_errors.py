@@ -172,7 +172,7 @@ DEEP_OBJECT = b'{"username":' + b'{"a":' * 100_000 + b"1" + b"}" * 100_000 + b"}
             "VALIDATION_FAILED",
         ),
         (b'{"username": -9223372036854775809, "password": "x"}', 422, "VALIDATION_FAILED"),
-        (b"", 422, "VALIDATION_FAILED"),
+        (b"", 400, "INVALID_INPUT"),  # no body at all: nothing to parse
         (b"null", 422, "VALIDATION_FAILED"),
         (b"[]", 422, "VALIDATION_FAILED"),
         (b'"text"', 422, "VALIDATION_FAILED"),
