@@ -7,7 +7,7 @@ DEVSTAMP := $(VENV)/.dev-installed
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: bench-relay help install dev-install run serve migrate test test-fast lint format typecheck bench-blobs services lock clean
+.PHONY: fuzz bench-relay help install dev-install run serve migrate test test-fast lint format typecheck bench-blobs services lock clean
 
 help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  %-12s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -55,6 +55,10 @@ test-fast: dev-install ## The test suite without lint
 
 bench-blobs: dev-install ## Upload and verify a 2 GiB blob; print MB/s (vs openssl) and peak RSS
 	$(BIN)/python bench/bench_blobs.py --size-gib $${SIZE_GIB:-2}
+
+fuzz: dev-install ## schemathesis against a live server, long: FUZZ_MAX_EXAMPLES=100 per operation, 30 min, random seed
+	FUZZ_MAX_EXAMPLES=$${FUZZ_MAX_EXAMPLES:-100} FUZZ_MAX_TIME=$${FUZZ_MAX_TIME:-1800} FUZZ_SEED=$${FUZZ_SEED:-} \
+		$(BIN)/python -m pytest tests/e2e/test_server.py -k schemathesis -s -p no:cacheprovider --timeout 0
 
 bench-relay: dev-install ## Write 5,000 events and publish them to a private NATS; print events/s
 	$(BIN)/python bench/bench_relay.py

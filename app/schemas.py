@@ -43,6 +43,15 @@ class PagingArgsSchema(ma.Schema):
     )
 
 
+class StrictBoolean(ma.fields.Boolean):
+    """A JSON ``true`` or ``false`` and nothing else (marshmallow's own takes 0, 1, "yes", ...)."""
+
+    def _deserialize(self, value: Any, attr: Any, data: Any, **kwargs: Any) -> bool:
+        if not isinstance(value, bool):
+            raise self.make_error("invalid", input=value)
+        return value
+
+
 def page_schema(item_schema: type[ma.Schema], name: str) -> type[ma.Schema]:
     """The list envelope ``{items, total, limit, next_cursor}`` around ``item_schema``."""
     return ma.Schema.from_dict(

@@ -16,7 +16,7 @@ from app.assets.models import (
 )
 from app.assets.semver import InvalidVersionError, parse_range, parse_version
 from app.policies.cel import CelCompileError, compile_expression
-from app.schemas import PagingArgsSchema, UTCDateTime, page_schema
+from app.schemas import PagingArgsSchema, StrictBoolean, UTCDateTime, page_schema
 
 NAME_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,63}(/[a-z0-9][a-z0-9._-]{0,63})?$"
 TAG_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:/=+-]{0,63}$"
@@ -267,7 +267,7 @@ class TestCase(ma.fields.Field[Any]):
 
 class TestSuiteSpecSchema(ma.Schema):
     applies_to = ma.fields.Nested(AppliesToSchema)
-    gating = ma.fields.Boolean(load_default=True, truthy={True}, falsy={False})
+    gating = StrictBoolean(load_default=True)
     timeout_seconds = ma.fields.Integer(load_default=30, validate=ma.validate.Range(min=1, max=600))
     cases = ma.fields.List(
         TestCase(),

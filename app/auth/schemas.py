@@ -3,7 +3,7 @@ from __future__ import annotations
 import marshmallow as ma
 
 from app.auth.permissions import ROLES
-from app.schemas import UTCDateTime, page_schema
+from app.schemas import StrictBoolean, UTCDateTime, page_schema
 
 
 class LoginSchema(ma.Schema):
@@ -44,7 +44,7 @@ class ApiKeyCreateSchema(ma.Schema):
     name = ma.fields.String(required=True, validate=ma.validate.Length(min=1, max=100))
     role = ma.fields.String(validate=ma.validate.OneOf(ROLES))
     expires_in_days = ma.fields.Integer(validate=ma.validate.Range(min=1, max=3650))
-    signing = ma.fields.Boolean(load_default=False, truthy={True}, falsy={False})
+    signing = StrictBoolean(load_default=False)
 
 
 class ApiKeySchema(ma.Schema):

@@ -5,7 +5,7 @@ from typing import Any
 import marshmallow as ma
 
 from app.auth.permissions import ROLES
-from app.schemas import PagingArgsSchema, UTCDateTime, page_schema
+from app.schemas import PagingArgsSchema, StrictBoolean, UTCDateTime, page_schema
 
 USERNAME_PATTERN = r"^[a-z0-9][a-z0-9._@-]{1,63}$"
 PASSWORD_MIN = 8
@@ -51,7 +51,7 @@ class UserCreateSchema(ma.Schema):
 
 class UserUpdateSchema(ma.Schema):
     roles = _roles()
-    disabled = ma.fields.Boolean(truthy={True}, falsy={False})
+    disabled = StrictBoolean()
     password = _password()
     current_password = ma.fields.String(
         load_only=True, validate=ma.validate.Length(max=PASSWORD_MAX)
