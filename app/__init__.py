@@ -109,7 +109,16 @@ def create_app(
                     "bearerAuth": {
                         "type": "http",
                         "scheme": "bearer",
-                        "description": "JWT access token from /v1/auth/login",
+                        "description": "JWT access token from /v1/auth/login, or an API key "
+                        "(llmr_...) from /v1/auth/api-keys",
+                    },
+                    "apiKeyAuth": {
+                        "type": "apiKey",
+                        "in": "header",
+                        "name": "X-API-Key",
+                        "description": "An API key (llmr_...). A key created with signing: "
+                        "true (or any key with REQUIRE_REQUEST_SIGNING) also needs "
+                        "X-Signature-Timestamp and X-Signature (CONTRACT.md §2).",
                     },
                 }
             },

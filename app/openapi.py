@@ -193,7 +193,7 @@ class Blueprint(flask_smorest.Blueprint):
                 responses.setdefault(403, []).append("FORBIDDEN")
             apidoc["manual_doc"] = {
                 **apidoc.get("manual_doc", {}),
-                "security": [{"bearerAuth": []}],
+                "security": [{"bearerAuth": []}, {"apiKeyAuth": []}],
             }
             wrapper._apidoc = apidoc  # type: ignore[attr-defined]
             return wrapper  # type: ignore[return-value]
