@@ -125,9 +125,14 @@ def test_protected_operations_carry_bearer_security_and_401(spec: dict[str, Any]
         "scheme": "bearer",
         "description": spec["components"]["securitySchemes"]["bearerAuth"]["description"],
     }
+    api_key = spec["components"]["securitySchemes"]["apiKeyAuth"]
+    assert (api_key["type"], api_key["in"], api_key["name"]) == ("apiKey", "header", "X-API-Key")
     for path, method, operation in _operations(spec):
         if path.startswith("/v1") and path not in PUBLIC_V1:
-            assert operation["security"] == [{"bearerAuth": []}], (path, method)
+            assert operation["security"] == [{"bearerAuth": []}, {"apiKeyAuth": []}], (
+                path,
+                method,
+            )
             assert "401" in operation["responses"], (path, method)
         else:
             assert operation.get("security", []) == [], (path, method)
