@@ -542,6 +542,7 @@ def test_schemathesis_against_the_live_openapi_document(server: Server) -> None:
         text=True,
         timeout=max_time + 180,
         env={**os.environ, "SCHEMATHESIS_HOOKS": ""},
+        cwd=server.workdir,  # its .schemathesis cache stays with this run, out of the checkout
         check=False,
     )
     output = result.stdout + result.stderr
