@@ -3,235 +3,56 @@ registry's containers are configured only through the environment names of the c
 (CONTRACT.md §8), the probes hit the health routes, and each process gets a real subcommand.
 
 Kubernetes manifests are validated against the API schemas when `kubernetes-validate` is
-installed (it ships the schemas, so this works offline); otherwise only structurally.
+installed (it ships the schemas, so this works offline); otherwise only structurally. CRDs it
+does not know (KEDA's ScaledObject) are checked by hand in test_k8s_scaling.py.
 """
 
 from __future__ import annotations
 
 import os
 import re
-import shlex
 import shutil
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
 from app.cli import main as cli_main
-
-REPO = Path(__file__).resolve().parents[2]
-DOCKER_DIR = REPO / "docker"
-K8S_DIR = REPO / "k8s"
-DOCKERFILE = DOCKER_DIR / "Dockerfile"
-COMPOSE_FILE = DOCKER_DIR / "docker-compose.yml"
-CONTRACT_FILE = Path(__file__).resolve().parents[2].parent / "shared" / "CONTRACT.md"
-
-REGISTRY_IMAGE = "ghcr.io/llm-registry/llm-registry"
-REGISTRY_UID = 10001
-# What the console script really has: a manifest may only run one of these.
-SUBCOMMANDS = set(cli_main.commands)
-# compose service -> the `llm-registry` subcommand it runs
-COMPOSE_APP_SERVICES = {
-    "migrate": "migrate",
-    "api": "serve",
-    "worker": "worker",
-    "beat": "beat",
-    "relay": "relay",
-}
-NAMESPACE = "llm-registry"
-LIVE_PATH = "/health/live"
-READY_PATH = "/health/ready"
-
-# Copy of the environment names of CONTRACT.md §8 ("Configuration" bullet), used when the
-# contract is not beside the repository. test_contract_env_copy_is_current keeps it in sync.
-CONTRACT_ENV = frozenset(
-    {
-        "REGISTRY_CONFIG",
-        "REGISTRY_ENV",
-        "JWT_SECRET",
-        "SERVER_HOST",
-        "SERVER_PORT",
-        "DATABASE_URL",
-        "REDIS_URL",
-        "CELERY_BROKER_URL",
-        "NATS_URL",
-        "BLOB_STORE_URL",
-        "S3_ENDPOINT_URL",
-        "JWT_ISSUER",
-        "JWT_AUDIENCE",
-        "JWT_EXPIRATION_SECONDS",
-        "RATE_LIMIT_ENABLED",
-        "RATE_LIMIT_MAX_REQUESTS",
-        "RATE_LIMIT_WINDOW_SECS",
-        "TRUSTED_PROXIES",
-        "REQUIRE_REQUEST_SIGNING",
-        "LOG_LEVEL",
-        "CORS_ALLOWED_ORIGINS",
-        "MAX_BLOB_BYTES",
-        "COMPLIANCE_SCAN_INTERVAL_SECONDS",
-        "TEST_HTTP_ALLOWED_HOSTS",
-        "REGISTRY_ADMIN_USERNAME",
-        "REGISTRY_ADMIN_PASSWORD",
-        "OTEL_EXPORTER_OTLP_ENDPOINT",
-    }
+from tests.deploy.deployfiles import (
+    COMPOSE_APP_SERVICES,
+    COMPOSE_FILE,
+    CONTRACT_ENV,
+    CONTRACT_FILE,
+    CONTRACT_METRICS,
+    DOCKER_DIR,
+    DOCKERFILE,
+    IMAGE_RUNTIME_ENV,
+    K8S_DIR,
+    LIVE_PATH,
+    NAMESPACE,
+    READY_PATH,
+    REGISTRY_UID,
+    REPO,
+    SUBCOMMANDS,
+    app_services,
+    compose,
+    containers,
+    contract_env,
+    dockerfile_env_names,
+    dockerfile_final_stage,
+    dockerfile_from_images,
+    env_name_allowed,
+    exec_form,
+    image_is_pinned,
+    k8s_docs,
+    k8s_of_kind,
+    load_yaml_docs,
+    parse_contract_env,
+    parse_contract_metrics,
+    pod_specs,
+    yaml_files,
 )
-# Standard families the contract defers to ("standard AWS credential env vars", OpenTelemetry).
-STANDARD_ENV_PREFIXES = ("AWS_", "OTEL_")
-# Process-level names an image may set that are not registry settings at all.
-IMAGE_RUNTIME_ENV = frozenset({"PATH", "PYTHONDONTWRITEBYTECODE", "PYTHONUNBUFFERED"})
-
-# An exact version: at least major.minor, optionally a variant suffix (2.10.24-alpine), or
-# MinIO's RELEASE.<timestamp> scheme.
-_PINNED_TAG = re.compile(
-    r"^v?\d+\.\d+(\.\d+)*([-_.+][A-Za-z0-9._-]+)?$"
-    r"|^RELEASE\.\d{4}-\d{2}-\d{2}T\d{2}-\d{2}-\d{2}Z$"
-)
-
-
-# ---------------------------------------------------------------------------------------------
-# helpers
-
-
-def parse_contract_env(text: str) -> set[str]:
-    """Environment names in the "Configuration" bullet of §8 Operations."""
-    section = re.search(r"^## 8\..*?(?=^## |\Z)", text, re.MULTILINE | re.DOTALL)
-    assert section, "CONTRACT.md has no '## 8.' section"
-    bullet = re.search(
-        r"^- Configuration:.*?(?=^- |\Z)", section.group(0), re.MULTILINE | re.DOTALL
-    )
-    assert bullet, "CONTRACT.md §8 has no '- Configuration:' bullet"
-    return set(re.findall(r"`([A-Z][A-Z0-9_]*)`", bullet.group(0)))
-
-
-def contract_env() -> frozenset[str]:
-    if CONTRACT_FILE.is_file():
-        return frozenset(parse_contract_env(CONTRACT_FILE.read_text(encoding="utf-8")))
-    return CONTRACT_ENV
-
-
-def env_name_allowed(name: str, allowed: frozenset[str]) -> bool:
-    return name in allowed or name.startswith(STANDARD_ENV_PREFIXES)
-
-
-def image_is_pinned(ref: str) -> bool:
-    """True for `name:<exact version>` (optionally `@sha256:…`), never `latest` or a bare major."""
-    if "$" in ref:  # an interpolated tag is whatever the shell says it is
-        return False
-    name = ref.partition("@")[0]
-    last = name.rsplit("/", 1)[-1]
-    if ":" not in last:
-        return False
-    tag = last.split(":", 1)[1]
-    return "latest" not in tag.lower() and bool(_PINNED_TAG.match(tag))
-
-
-def yaml_files() -> list[Path]:
-    return sorted(
-        p for d in (DOCKER_DIR, K8S_DIR) for p in d.rglob("*") if p.suffix in {".yml", ".yaml"}
-    )
-
-
-def load_yaml_docs(path: Path) -> list[Any]:
-    with path.open(encoding="utf-8") as fh:
-        return list(yaml.safe_load_all(fh))
-
-
-def compose() -> dict[str, Any]:
-    (doc,) = load_yaml_docs(COMPOSE_FILE)
-    return doc
-
-
-def app_services(doc: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """The compose services running the registry's own image."""
-    return {
-        name: svc
-        for name, svc in doc["services"].items()
-        if "build" in svc or str(svc.get("image", "")).startswith(REGISTRY_IMAGE + ":")
-    }
-
-
-def k8s_docs() -> list[tuple[str, dict[str, Any]]]:
-    docs = []
-    for path in sorted(K8S_DIR.glob("*.y*ml")):
-        for doc in load_yaml_docs(path):
-            if doc is not None:
-                docs.append((path.name, doc))
-    return docs
-
-
-def k8s_of_kind(kind: str) -> list[dict[str, Any]]:
-    return [doc for _, doc in k8s_docs() if doc.get("kind") == kind]
-
-
-def pod_specs() -> Iterator[tuple[str, dict[str, Any]]]:
-    for _, doc in k8s_docs():
-        if doc.get("kind") in {"Deployment", "StatefulSet", "DaemonSet", "Job"}:
-            yield doc["metadata"]["name"], doc["spec"]["template"]["spec"]
-
-
-def containers(pod_spec: dict[str, Any]) -> list[dict[str, Any]]:
-    return list(pod_spec.get("initContainers", [])) + list(pod_spec["containers"])
-
-
-def dockerfile_instructions() -> list[tuple[str, str]]:
-    """(KEYWORD, arguments) per instruction, continuation lines joined, comments dropped."""
-    instructions: list[tuple[str, str]] = []
-    pending = ""
-    for raw in DOCKERFILE.read_text(encoding="utf-8").splitlines():
-        line = raw.strip()
-        if not line or line.startswith("#"):
-            continue
-        if line.endswith("\\"):
-            pending += line[:-1] + " "
-            continue
-        full = (pending + line).strip()
-        pending = ""
-        keyword, _, args = full.partition(" ")
-        instructions.append((keyword.upper(), args.strip()))
-    assert not pending, "Dockerfile ends inside a line continuation"
-    return instructions
-
-
-def dockerfile_from_images() -> list[str]:
-    images, stages = [], set()
-    for keyword, args in dockerfile_instructions():
-        if keyword != "FROM":
-            continue
-        tokens = [t for t in args.split() if not t.startswith("--")]
-        if tokens[0] not in stages:  # `FROM builder` reuses a stage, not an image
-            images.append(tokens[0])
-        if len(tokens) >= 3 and tokens[1].upper() == "AS":
-            stages.add(tokens[2])
-    return images
-
-
-def dockerfile_final_stage() -> list[tuple[str, str]]:
-    instructions = dockerfile_instructions()
-    last_from = max(i for i, (kw, _) in enumerate(instructions) if kw == "FROM")
-    return instructions[last_from:]
-
-
-def dockerfile_env_names() -> set[str]:
-    names = set()
-    for keyword, args in dockerfile_instructions():
-        if keyword != "ENV":
-            continue
-        tokens = shlex.split(args)
-        if tokens and "=" not in tokens[0]:  # legacy `ENV NAME value`
-            names.add(tokens[0])
-        else:
-            names.update(t.split("=", 1)[0] for t in tokens)
-    return names
-
-
-def exec_form(args: str) -> list[str]:
-    value = yaml.safe_load(args)  # a JSON array is valid YAML
-    assert isinstance(value, list), f"not in exec (JSON array) form: {args}"
-    return value
-
 
 # ---------------------------------------------------------------------------------------------
 # the helpers' own rules (so a loosened regex cannot turn the checks below into no-ops)
@@ -274,6 +95,14 @@ def test_contract_env_copy_is_current() -> None:
     )
 
 
+def test_contract_metrics_copy_is_current() -> None:
+    if not CONTRACT_FILE.is_file():
+        assert {"http_requests_total", "jobs_total", "outbox_pending"} <= set(CONTRACT_METRICS)
+        return
+    parsed = parse_contract_metrics(CONTRACT_FILE.read_text(encoding="utf-8"))
+    assert parsed == CONTRACT_METRICS, f"update CONTRACT_METRICS to {parsed}"
+
+
 # ---------------------------------------------------------------------------------------------
 # every file parses
 
@@ -292,8 +121,14 @@ def test_deploy_files_exist() -> None:
         "api-service.yaml",
         "migrate-job.yaml",
         "worker-deployment.yaml",
+        "worker-scaledobject.yaml",
         "beat-deployment.yaml",
+        "relay-deployment.yaml",
+        "api-hpa.yaml",
+        "pdb.yaml",
+        "prometheus.yml",
     } <= names
+    assert (DOCKER_DIR / "grafana" / "dashboards" / "llm-registry.json").is_file()
 
 
 @pytest.mark.parametrize("path", yaml_files(), ids=lambda p: str(p.relative_to(REPO)))
@@ -496,6 +331,36 @@ def test_compose_commands_are_subcommands() -> None:
         assert command[0] == COMPOSE_APP_SERVICES[name], f"{name} runs `{command[0]}`"
 
 
+def _cli_options(subcommand: str) -> set[str]:
+    return {
+        opt
+        for param in cli_main.commands[subcommand].params
+        for opt in (*param.opts, *param.secondary_opts)
+        if opt.startswith("-")
+    }
+
+
+def _process_args() -> list[tuple[str, list[str]]]:
+    """(where, llm-registry arguments) of every registry process in compose and k8s."""
+    found = [
+        (f"compose {name}", list(svc["command"])) for name, svc in app_services(compose()).items()
+    ]
+    for owner, spec in pod_specs():
+        found += [(f"k8s {owner}", list(c.get("args") or [])) for c in containers(spec)]
+    return found
+
+
+def test_process_flags_are_options_of_their_subcommand() -> None:
+    # A flag the subcommand does not define makes click exit 2 and the pod crash-loop.
+    processes = _process_args()
+    assert any("--metrics-port" in args for _, args in processes)
+    for where, args in processes:
+        assert args and args[0] in SUBCOMMANDS, f"{where}: {args}"
+        flags = {a.split("=", 1)[0] for a in args[1:] if a.startswith("-")}
+        unknown = flags - _cli_options(args[0])
+        assert not unknown, f"{where}: `llm-registry {args[0]}` has no {sorted(unknown)}"
+
+
 def test_compose_depends_on_targets_exist() -> None:
     services = compose()["services"]
     for name, svc in services.items():
@@ -559,6 +424,10 @@ def test_k8s_pods_run_unprivileged() -> None:
 # Kubernetes schemas and docker compose's own parser
 
 
+# API groups of custom resources the manifests use -> the kinds used from each.
+CRD_KINDS = {"keda.sh": {"ScaledObject"}}
+
+
 def _structural_errors(doc: dict[str, Any]) -> list[str]:
     errors = [f"missing {key}" for key in ("apiVersion", "kind") if not doc.get(key)]
     if not (doc.get("metadata") or {}).get("name"):
@@ -575,6 +444,11 @@ def _structural_errors(doc: dict[str, Any]) -> list[str]:
 )
 def test_k8s_manifest_is_valid(filename: str, doc: dict[str, Any]) -> None:
     assert not _structural_errors(doc), f"{filename}: {_structural_errors(doc)}"
+    if doc["apiVersion"].split("/")[0] in CRD_KINDS:
+        # Not a built-in kind, so not in kubernetes-validate's schemas: known kinds only here,
+        # their structure is checked by hand (test_k8s_scaling.py).
+        assert doc["kind"] in CRD_KINDS[doc["apiVersion"].split("/")[0]], f"{filename}: {doc}"
+        return
     try:
         import kubernetes_validate
     except ImportError:
