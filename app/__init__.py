@@ -72,6 +72,7 @@ def create_app(
         observability.configure_logging("INFO")  # so that settings warnings are JSON too
         settings = load_settings(overrides=overrides)
     observability.configure_logging(settings.log_level)
+    observability.init_tracing(settings.otel_exporter_otlp_endpoint)
     app = Flask(__name__, static_folder=None)
     app.json = OrjsonProvider(app)
     app.config.update(_flask_config(settings))
@@ -128,6 +129,7 @@ def create_app(
         from app.db import install_sqlite_pragmas
 
         install_sqlite_pragmas(db.engine)
+        observability.trace_engine(db.engine)
     for _name, (converter, doc) in CONVERTERS.items():
         api.register_converter(converter, lambda _c, doc=doc: doc)
     _register_blueprints(api)

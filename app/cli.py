@@ -88,8 +88,23 @@ def serve(
 ) -> None:
     """Serve the HTTP API with gunicorn."""
     settings = _settings(config, server_host=host, server_port=port)
+    _metrics_dir(settings, "api")  # before anything imports prometheus_client
     _bootstrap_admin(settings)
     serve_http(settings, workers or 2 * (os.cpu_count() or 1), threads)
+
+
+def _metrics_dir(settings: Settings, role: str) -> Path:
+    """A fresh directory for this process group's Prometheus files (multiprocess mode: every
+    scrape sums the gunicorn workers' or Celery pool processes' counts)."""
+    import shutil
+
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        return Path(os.environ["PROMETHEUS_MULTIPROC_DIR"])
+    path = Path(settings.var_dir) / "prometheus" / f"{role}-{os.getpid()}"
+    shutil.rmtree(path, ignore_errors=True)
+    path.mkdir(parents=True)
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(path)
+    return path
 
 
 def serve_http(settings: Settings, workers: int, threads: int) -> None:
@@ -108,6 +123,7 @@ def serve_http(settings: Settings, workers: int, threads: int) -> None:
             # (problem+json, MAX_URL_LENGTH) instead.
             self.cfg.set("limit_request_line", 0)
             self.cfg.set("logconfig_dict", _gunicorn_logging(settings.log_level))
+            self.cfg.set("child_exit", _forget_worker_metrics)
 
         def load(self) -> Any:
             from app import create_app
@@ -115,6 +131,12 @@ def serve_http(settings: Settings, workers: int, threads: int) -> None:
             return create_app(settings)
 
     Server().run()
+
+
+def _forget_worker_metrics(_server: Any, worker: Any) -> None:
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)  # type: ignore[no-untyped-call]
 
 
 def _gunicorn_logging(level: str) -> dict[str, Any]:
@@ -162,9 +184,25 @@ def _celery(args: list[str], config: str | None) -> None:
 )
 @click.option("--concurrency", type=int, default=None, help="Worker processes (default: CPUs).")
 @click.option("--loglevel", default=None, help="Celery log level (default: LOG_LEVEL).")
-def worker(config: str | None, queues: str, concurrency: int | None, loglevel: str | None) -> None:
+@click.option(
+    "--metrics-port",
+    type=int,
+    default=0,
+    show_default=True,
+    help="Serve the worker's Prometheus metrics (job_duration_seconds) on this port; 0: off.",
+)
+def worker(
+    config: str | None,
+    queues: str,
+    concurrency: int | None,
+    loglevel: str | None,
+    metrics_port: int,
+) -> None:
     """Run a Celery worker for the registration pipeline."""
     settings = _settings(config)
+    _metrics_dir(settings, "worker")
+    if metrics_port:
+        os.environ["REGISTRY_WORKER_METRICS_PORT"] = str(metrics_port)
     args = [
         "worker",
         "--queues",
@@ -234,7 +272,7 @@ def run(config: str | None, host: str | None, port: int | None) -> None:
     )
     commands = [
         [exe, "serve", "--workers", "2", *extra],
-        [exe, "worker", "--concurrency", "2", *extra],
+        [exe, "worker", "--concurrency", "2", "--metrics-port", "9808", *extra],
         [exe, "beat", *extra],
     ]
     if settings.nats_url:

@@ -17,3 +17,11 @@ def current_trace_id() -> str | None:
         return None
     context = trace.get_current_span().get_span_context()
     return f"{context.trace_id:032x}" if context.trace_id else None
+
+
+def current_span_id() -> str | None:
+    """The active OpenTelemetry span id as 16 hex characters, or None outside a trace."""
+    from opentelemetry import trace
+
+    context = trace.get_current_span().get_span_context()
+    return f"{context.span_id:016x}" if context.span_id else None

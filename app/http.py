@@ -30,3 +30,12 @@ def not_modified(etag: str) -> bool:
         return False
     tags = _parse(header, "If-None-Match")
     return "*" in tags or etag in {tag.removeprefix("W/") for tag in tags}
+
+
+_CONVERTER = re.compile(r"<(?:[^:<>]+:)?([^<>]+)>")
+
+
+def route_template(rule: str) -> str:
+    """A Flask rule as the OpenAPI document writes it: ``/v1/assets/<asset_name:name>`` ->
+    ``/v1/assets/{name}``."""
+    return _CONVERTER.sub(r"{\1}", rule)

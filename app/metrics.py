@@ -1,65 +1,186 @@
-"""``GET /metrics`` (Prometheus text). Counts that live in the database are read at scrape time,
-so every API replica reports the same truth (CONTRACT.md §8)."""
+"""``GET /metrics`` (Prometheus text) with the names of CONTRACT.md §8.
+
+Process metrics (requests, durations, queries, cache operations, job steps) are counted where they
+happen. Under gunicorn and Celery several processes count: ``llm-registry serve`` and ``worker``
+set ``PROMETHEUS_MULTIPROC_DIR`` and every scrape sums the processes' files. Counts that live in
+the database (assets, jobs, outbox) and the broker's queue lengths are read at scrape time, so
+every API replica reports the same truth; assets and jobs come from a counts table kept by
+database triggers, so a scrape never scans those tables.
+"""
 
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Iterator
+from typing import Any
 
-from flask import Flask, Response, has_app_context
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from flask import Flask, Request, Response, has_app_context, request
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    generate_latest,
+)
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
+from prometheus_flask_exporter import NO_PREFIX, PrometheusMetrics
+from sqlalchemy import Engine, event
 
 from app.events.service import outbox_backlog, published_total
 from app.extensions import db
+from app.http import route_template
 
 log = logging.getLogger(__name__)
 
+MULTIPROCESS_ENV = "PROMETHEUS_MULTIPROC_DIR"
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 
-class OutboxCollector(Collector):
-    """``outbox_pending`` and ``events_published_total``, from two indexed reads."""
+HTTP_REQUESTS = Counter("http_requests", "HTTP requests answered", ["method", "path", "status"])
+DB_QUERIES = Counter("db_queries", "SQL statements sent to the database")
+CACHE_OPERATIONS = Counter("cache_operations", "Cache reads and writes", ["operation", "result"])
+JOB_DURATION = Histogram(
+    "job_duration_seconds",
+    "Time a job step took in a worker",
+    ["kind", "step"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 1800),
+)
+
+
+@event.listens_for(Engine, "before_cursor_execute")
+def _count_query(*_: Any) -> None:
+    DB_QUERIES.inc()
+
+
+def path(req: Request) -> str:
+    """The route as the OpenAPI document writes it (``/v1/assets/{asset_id}``), ``unmatched``
+    when no route matched: never the raw URL, whose ids would explode the label set. (Named
+    ``path`` because prometheus-flask-exporter names its label after this function.)"""
+    return route_template(req.url_rule.rule) if req.url_rule else "unmatched"
+
+
+class DatabaseCollector(Collector):
+    """``assets_total``, ``jobs_total``, ``outbox_pending``, ``events_published_total`` and
+    ``celery_queue_length``, read when scraped."""
 
     def __init__(self, app: Flask) -> None:
         self.app = app
 
     def describe(self) -> Iterator[Metric]:  # registering must not query the database
-        yield GaugeMetricFamily("outbox_pending", "Events waiting in the outbox to be published")
-        yield CounterMetricFamily("events_published", "Events published to NATS JetStream")
+        return iter(())
 
     def collect(self) -> Iterator[Metric]:
         try:
-            if has_app_context():  # a scrape: inside this app's request
-                pending, total = self._read()
+            if has_app_context():
+                families = self._read()
             else:
                 with self.app.app_context():
-                    pending, total = self._read()
+                    families = self._read()
         except Exception as exc:  # a scrape without these beats a failed scrape
-            log.warning("metrics: could not read the outbox: %s", exc.__class__.__name__)
+            log.warning("metrics: could not read the database: %s", exc.__class__.__name__)
             return
-        yield GaugeMetricFamily(
-            "outbox_pending", "Events waiting in the outbox to be published", value=pending
-        )
-        yield CounterMetricFamily(
-            "events_published", "Events published to NATS JetStream", value=total
-        )
+        yield from families
+        yield from self._queues()
 
-    @staticmethod
-    def _read() -> tuple[int, int]:
+    def _read(self) -> list[Metric]:
+        from app.stats.service import read_status_counts
+
+        session = db.session
         try:
-            pending, _oldest = outbox_backlog(db.session)
-            return pending, published_total(db.session)
-        finally:
-            db.session.rollback()
+            pending, _oldest = outbox_backlog(session)
+            published = published_total(session)
+            counts = read_status_counts(session)
+            session.commit()
+        except Exception:
+            session.rollback()
+            raise
+        assets = GaugeMetricFamily(
+            "assets_total", "Assets by type and status", labels=["asset_type", "status"]
+        )
+        jobs = GaugeMetricFamily("jobs_total", "Jobs by kind and status", labels=["kind", "status"])
+        for (entity, kind, status), n in sorted(counts.items()):
+            (assets if entity == "asset" else jobs).add_metric([kind, status], n)
+        return [
+            assets,
+            jobs,
+            GaugeMetricFamily(
+                "outbox_pending", "Events waiting in the outbox to be published", value=pending
+            ),
+            CounterMetricFamily(
+                "events_published", "Events published to NATS JetStream", value=published
+            ),
+        ]
+
+    def _queues(self) -> Iterator[Metric]:
+        from app.jobs.queue import queue_lengths
+
+        settings = self.app.extensions["registry_settings"]
+        try:
+            lengths = queue_lengths(settings)
+        except Exception as exc:
+            log.warning("metrics: could not read the broker: %s", exc.__class__.__name__)
+            return
+        family = GaugeMetricFamily(
+            "celery_queue_length", "Tasks waiting in a broker queue", labels=["queue"]
+        )
+        for queue, length in sorted(lengths.items()):
+            family.add_metric([queue], length)
+        yield family
+
+
+class _ProcessMetrics(Collector):
+    """This process's own metrics (when not in multiprocess mode): the module-level ones and
+    this app's prometheus-flask-exporter ones."""
+
+    def __init__(self, *registries: CollectorRegistry) -> None:
+        self.registries = registries
+
+    def collect(self) -> Iterator[Metric]:
+        for registry in self.registries:
+            yield from registry.collect()
+
+
+def _scrape_registry(app: Flask, exporter_registry: CollectorRegistry) -> CollectorRegistry:
+    registry = CollectorRegistry(auto_describe=False)
+    if os.environ.get(MULTIPROCESS_ENV):
+        from prometheus_client import multiprocess
+
+        multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+    else:
+        registry.register(_ProcessMetrics(REGISTRY, exporter_registry))
+    registry.register(DatabaseCollector(app))
+    return registry
 
 
 def init_metrics(app: Flask) -> None:
-    """A registry of this app's own (tests build many apps in one process) and the route."""
-    registry = CollectorRegistry(auto_describe=True)
-    registry.register(OutboxCollector(app))
-    app.extensions["metrics_registry"] = registry
+    """Count and time every request, and serve ``/metrics``.
+
+    prometheus-flask-exporter times requests (``http_request_duration_seconds{method,path,
+    status}``, plus its ``http_request_total`` and ``exporter_info``); the contract's
+    ``http_requests_total{method,path,status}`` is counted here beside it. Each app gets its own
+    exporter registry (the exporter installs its hooks only once per registry), which the scrape
+    reads, or, under gunicorn and Celery, the multiprocess files do."""
+    exporter_registry = CollectorRegistry(auto_describe=True)
+    PrometheusMetrics(
+        app,
+        path=None,  # /metrics is served below, with the database's counts
+        registry=exporter_registry,
+        defaults_prefix=NO_PREFIX,
+        group_by=path,
+        buckets=LATENCY_BUCKETS,
+        excluded_paths=["^/metrics$"],
+    )
+
+    @app.after_request
+    def _count(response: Response) -> Response:
+        if request.path != "/metrics":
+            HTTP_REQUESTS.labels(request.method, path(request), str(response.status_code)).inc()
+        return response
 
     def metrics() -> Response:
+        registry = _scrape_registry(app, exporter_registry)
         return Response(generate_latest(registry), mimetype=CONTENT_TYPE_LATEST)
 
     app.add_url_rule("/metrics", "metrics", metrics, methods=["GET"])

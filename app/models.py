@@ -5,6 +5,7 @@ from app.auth.models import ApiKey, RevokedToken
 from app.blobs.models import Blob
 from app.events.models import Event, RelayState
 from app.jobs.models import Job, JobStep
+from app.stats.models import StatusCount, StatusCountDelta
 from app.testsuites.models import TestRun
 from app.users.models import User
 
@@ -20,6 +21,8 @@ __all__ = [
     "JobStep",
     "RelayState",
     "RevokedToken",
+    "StatusCount",
+    "StatusCountDelta",
     "TestRun",
     "User",
 ]

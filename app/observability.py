@@ -61,27 +61,49 @@ def configure_logging(level: str) -> None:
 _tracing_ready = False
 
 
-def init_tracing(service_name: str = "llm-registry") -> None:
+def init_tracing(otlp_endpoint: str | None = None, service_name: str = "llm-registry") -> None:
     """The OpenTelemetry SDK's tracer provider, once per process, so that every request and
-    task has a trace id (for logs and events) and a caller's ``traceparent`` is continued."""
+    task has a trace id (for logs and events) and a caller's ``traceparent`` is continued.
+    Spans go to ``OTEL_EXPORTER_OTLP_ENDPOINT`` (OTLP over HTTP) when it is set. Redis calls are
+    traced too; SQL is traced per engine (``trace_engine``)."""
     global _tracing_ready
     if _tracing_ready:
         return
+    from opentelemetry.instrumentation.redis import RedisInstrumentor
     from opentelemetry.sdk.resources import Resource
     from opentelemetry.sdk.trace import TracerProvider
 
-    if not isinstance(trace.get_tracer_provider(), TracerProvider):
-        trace.set_tracer_provider(
-            TracerProvider(resource=Resource.create({"service.name": service_name}))
-        )
+    provider = trace.get_tracer_provider()
+    if not isinstance(provider, TracerProvider):
+        provider = TracerProvider(resource=Resource.create({"service.name": service_name}))
+        trace.set_tracer_provider(provider)
+    if otlp_endpoint:
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+        from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
+        endpoint = otlp_endpoint.rstrip("/")
+        if not endpoint.endswith("/v1/traces"):
+            endpoint += "/v1/traces"
+        provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint=endpoint)))
+    RedisInstrumentor().instrument()
     _tracing_ready = True
+
+
+def trace_engine(engine: Any) -> None:
+    """SQL spans for ``engine`` (once per engine)."""
+    if getattr(engine, "_registry_traced", False):
+        return
+    from opentelemetry.instrumentation.sqlalchemy import SQLAlchemyInstrumentor
+
+    SQLAlchemyInstrumentor().instrument(engine=engine, enable_commenter=False)
+    engine._registry_traced = True
 
 
 tracer = trace.get_tracer("llm-registry")
 
 
 def install_request_hooks(app: Flask) -> None:
-    init_tracing()
+    init_tracing(app.extensions["registry_settings"].otel_exporter_otlp_endpoint)
 
     @app.before_request
     def _start() -> None:

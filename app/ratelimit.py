@@ -11,7 +11,6 @@ and the limiter logs it. Logins are also limited per username against password g
 from __future__ import annotations
 
 import logging
-import re
 import time
 
 from flask import Flask, current_app, request
@@ -19,13 +18,13 @@ from flask_limiter import Limiter
 from limits import parse
 
 from app.errors import RegistryError
+from app.http import route_template
 from config import Settings
 
 log = logging.getLogger(__name__)
 
 # Failed logins per username, whatever address they come from.
 LOGIN_FAILURES = "10 per 5 minutes"
-_CONVERTER = re.compile(r"<(?:[^:<>]+:)?([^<>]+)>")
 
 
 class RateLimitExceededError(RegistryError):
@@ -36,11 +35,10 @@ class RateLimitExceededError(RegistryError):
         super().__init__(detail, headers={"Retry-After": str(retry_after)})
 
 
-def route_template() -> str:
+def endpoint_key() -> str:
     """``METHOD /v1/assets/{id}``: the current route as the OpenAPI document writes it."""
     rule = request.url_rule.rule if request.url_rule else request.path
-    template = _CONVERTER.sub(r"{\1}", rule)
-    return f"{request.method} {template}"
+    return f"{request.method} {route_template(rule)}"
 
 
 def _caller_key() -> str:
@@ -65,9 +63,9 @@ def init_rate_limits(app: Flask, settings: Settings) -> Limiter:
     limiter = Limiter(
         key_func=_caller_key,
         application_limits=[budget],
-        application_limits_exempt_when=lambda: route_template() in overrides,
-        default_limits=[lambda: overrides.get(route_template(), budget)],
-        default_limits_exempt_when=lambda: route_template() not in overrides,
+        application_limits_exempt_when=lambda: endpoint_key() in overrides,
+        default_limits=[lambda: overrides.get(endpoint_key(), budget)],
+        default_limits_exempt_when=lambda: endpoint_key() not in overrides,
         storage_uri=settings.redis_url or "memory://",
         storage_options={"socket_connect_timeout": 1, "socket_timeout": 1}
         if settings.redis_url

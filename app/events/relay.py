@@ -25,6 +25,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
+from opentelemetry import propagate, trace
+from opentelemetry.trace import SpanKind
 from sqlalchemy import Connection, Engine, text
 from sqlalchemy.orm import Session
 
@@ -36,9 +38,11 @@ from app.events.service import (
     mark_published,
     pending_events,
     subject_for,
+    traceparent_of,
 )
 
 log = logging.getLogger("app.events.relay")
+_tracer = trace.get_tracer("llm-registry.relay")
 T = TypeVar("T")
 
 # Session advisory lock key of the relay leader ("LLMRRLAY" as a 63-bit integer).
@@ -122,20 +126,31 @@ class NatsPublisher:
         await self._connect()
         if not self._stream_ready:
             await self._ensure_stream()
-        try:
-            await self._js.publish(
-                subject_for(row),
-                cloudevent_bytes(row),
-                timeout=self.ack_timeout,
-                stream=self.stream,
-                headers={
-                    "Nats-Msg-Id": row.id,
-                    "Content-Type": "application/cloudevents+json; charset=utf-8",
-                },
-            )
-        except Exception:
-            self._stream_ready = False  # check (and if need be re-create) it before the retry
-            raise
+        subject = subject_for(row)
+        # The publish joins the trace of the change that wrote the event.
+        parent = propagate.extract({"traceparent": traceparent_of(row) or ""})
+        with _tracer.start_as_current_span(
+            f"publish {subject}", context=parent, kind=SpanKind.PRODUCER
+        ) as span:
+            span.set_attribute("messaging.system", "nats")
+            span.set_attribute("messaging.destination.name", subject)
+            span.set_attribute("messaging.message.id", row.id)
+            headers = {
+                "Nats-Msg-Id": row.id,
+                "Content-Type": "application/cloudevents+json; charset=utf-8",
+            }
+            propagate.inject(headers)
+            try:
+                await self._js.publish(
+                    subject,
+                    cloudevent_bytes(row),
+                    timeout=self.ack_timeout,
+                    stream=self.stream,
+                    headers=headers,
+                )
+            except Exception:
+                self._stream_ready = False  # check (and if need be re-create) it before a retry
+                raise
 
     async def close(self) -> None:
         if self._nc is not None and not self._nc.is_closed:

@@ -26,6 +26,9 @@ class CloudEventSchema(ma.Schema):
     actor = ma.fields.String(metadata={"description": "Username behind the change"})
     requestid = ma.fields.String(metadata={"description": "X-Request-ID of the change"})
     traceid = ma.fields.String(metadata={"description": "OpenTelemetry trace id"})
+    traceparent = ma.fields.String(
+        metadata={"description": "W3C traceparent of the change (distributed tracing extension)"}
+    )
     data = ma.fields.Dict(required=True)
 
 

@@ -24,7 +24,7 @@ from sqlalchemy import inspect as sa_inspect
 from sqlalchemy.orm import Session, SessionTransaction
 from sqlalchemy.orm.attributes import set_committed_value
 
-from app.context import actor_var, current_trace_id, request_id_var
+from app.context import actor_var, current_span_id, current_trace_id, request_id_var
 from app.db import DbSession, utcnow
 from app.errors import ValidationFailedError
 from app.events.models import EVENT_TYPES, Event, RelayState
@@ -56,6 +56,7 @@ def record_event(
         actor=actor_var.get(),
         request_id=request_id_var.get(),
         trace_id=current_trace_id(),
+        span_id=current_span_id(),
     )
     session.add(row)
     session.info.setdefault(_PENDING, []).append(row)
@@ -130,10 +131,19 @@ def to_cloudevent(row: Event) -> CloudEvent:
         ("actor", row.actor),
         ("requestid", row.request_id),
         ("traceid", row.trace_id),
+        ("traceparent", traceparent_of(row)),
     ):
         if value:
             attributes[name] = value
     return CloudEvent(attributes, row.data)
+
+
+def traceparent_of(row: Event) -> str | None:
+    """W3C ``traceparent`` of the span that made the change (CloudEvents' distributed tracing
+    extension), so a consumer can continue that trace."""
+    if row.trace_id and row.span_id:
+        return f"00-{row.trace_id}-{row.span_id}-01"
+    return None
 
 
 def cloudevent_bytes(row: Event) -> bytes:

@@ -24,6 +24,7 @@ from app.events.service import record_event
 from app.extensions import db
 from app.jobs.models import Job, JobStep
 from app.jobs.queue import QUEUE_DEFAULT, RUN_REGISTRATION, enqueue_after_commit
+from app.metrics import JOB_DURATION
 
 log = logging.getLogger(__name__)
 
@@ -220,7 +221,8 @@ def run_registration(
         step.status, step.started_at, step.finished_at = "running", utcnow(), None
         context.hold()
         db.session.commit()
-        result = steps[step.name](asset, context)
+        with JOB_DURATION.labels(job.kind, step.name).time():
+            result = steps[step.name](asset, context)
         if result.status == "failed":
             _reject(job, asset, step, result, context)
             return

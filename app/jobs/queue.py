@@ -12,6 +12,7 @@ from typing import Any
 
 from celery import Celery
 from flask import current_app, has_app_context
+from opentelemetry import propagate
 from sqlalchemy import event
 from sqlalchemy.orm import Session, SessionTransaction
 
@@ -37,11 +38,14 @@ def make_producer(settings: Settings) -> Celery:
 
 def send_task(producer: Celery, name: str, args: list[Any], queue: str = QUEUE_DEFAULT) -> bool:
     """Send now; True when the broker took it, False (logged) when it did not."""
+    carrier: dict[str, str] = {}
+    propagate.inject(carrier)  # the task continues the caller's trace
     try:
         producer.send_task(
             name,
             args=args,
             queue=queue,
+            headers=carrier,
             retry=True,
             retry_policy={"max_retries": 2, "interval_start": 0.2, "interval_step": 0.5},
         )
@@ -72,3 +76,46 @@ def _drop_pending(session: Session, previous_transaction: SessionTransaction) ->
     # task sent for a row its savepoint dropped finds no job and returns).
     if previous_transaction.parent is None:
         session.info.pop(_PENDING, None)
+
+
+QUEUES = (QUEUE_DEFAULT, QUEUE_TESTS, "registry-control")
+_PRIORITY_SEP = "\x06\x16"  # kombu's Redis transport: one list per queue and priority step
+
+
+def queue_lengths(settings: Settings) -> dict[str, int]:
+    """Tasks waiting in each queue of the broker (Redis lists, or the embedded SQLite broker's
+    visible messages): what queue-length autoscaling and the dashboard read."""
+    from config.celery import broker_url
+
+    url = broker_url(settings)
+    if url.startswith(("redis://", "rediss://")):
+        import redis
+
+        client = redis.Redis.from_url(url, socket_timeout=1, socket_connect_timeout=1)
+        try:
+            with client.pipeline(transaction=False) as pipe:
+                for queue in QUEUES:
+                    pipe.llen(queue)
+                    for step in (3, 6, 9):
+                        pipe.llen(f"{queue}{_PRIORITY_SEP}{step}")
+                counts = pipe.execute()
+        finally:
+            client.close()
+        return {queue: sum(counts[i * 4 : i * 4 + 4]) for i, queue in enumerate(QUEUES)}
+    if url.startswith("sqla+sqlite:///"):
+        import contextlib
+        import sqlite3
+
+        path = url.removeprefix("sqla+sqlite:///")
+        lengths = dict.fromkeys(QUEUES, 0)
+        with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=1)) as c:
+            try:
+                rows = c.execute(
+                    "SELECT q.name, count(m.id) FROM kombu_queue q JOIN kombu_message m "
+                    "ON m.queue_id = q.id WHERE m.visible GROUP BY q.name"
+                ).fetchall()
+            except sqlite3.OperationalError:  # no task sent yet: the tables do not exist
+                return lengths
+        lengths.update({name: int(n) for name, n in rows if name in lengths})
+        return lengths
+    return {}
