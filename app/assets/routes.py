@@ -19,7 +19,9 @@ from app.assets.schemas import (
     VersionQueryArgsSchema,
 )
 from app.auth.identity import current_identity
+from app.cache import AssetCache, CachedAsset, current_asset_cache
 from app.http import if_match_values, not_modified
+from app.json import json_bytes
 from app.openapi import Blueprint
 from app.paging import Page
 
@@ -79,7 +81,18 @@ class AssetById(MethodView):
     @blp.alt_response(404, response="NOT_FOUND")
     def get(self, args: dict[str, Any], asset_id: str) -> Any:
         """One asset, with its ETag; ``If-None-Match`` answers 304 when unchanged."""
-        return _with_etag(service.read_asset(asset_id, current_identity(), args["include_deleted"]))
+        if args["include_deleted"]:
+            return _with_etag(service.read_asset(asset_id, current_identity(), True))
+        # The hot path: the answer comes from the read-through cache (app/cache.py).
+        cache = current_asset_cache() or AssetCache()
+        entry, token = cache.lookup(asset_id)
+        if entry is None:
+            asset = service.get_asset(asset_id)
+            entry = CachedAsset(asset.etag, json_bytes(AssetSchema().dump(asset)))
+            cache.store(asset_id, token, entry)
+        if not_modified(entry.etag):
+            return Response(status=304, headers={"ETag": entry.etag})
+        return Response(entry.body, mimetype="application/json", headers={"ETag": entry.etag})
 
     @blp.requires("asset:write")
     @blp.arguments(AssetUpdateSchema)

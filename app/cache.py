@@ -1,0 +1,369 @@
+"""Read-through cache of single-asset reads (``GET /v1/assets/{id}``), invalidated on every change.
+
+What is cached is the answer itself: the asset's ETag and its JSON body, so a hit costs one cache
+round trip and no database work. Any commit that touches an asset row, its tags or its
+dependencies (API, worker or beat alike: the hook below is on every SQLAlchemy session) drops that
+asset's entry once the transaction has committed.
+
+A reader that misses reads the asset's *generation* before it reads the database and stores its
+answer only if the generation is still the same; invalidation bumps the generation and deletes the
+entry together. So a reader that read the row just before a change commits cannot put the old
+answer back after the change invalidated it.
+
+Backends, chosen by the settings (CONTRACT.md §8):
+
+- ``REDIS_URL`` set: Redis, shared by every API replica, invalidated by every process.
+- No Redis, SQLite (the embedded default): an in-process cache. Other processes (the worker, the
+  scheduler) cannot reach it, so every read first asks SQLite whether any other connection has
+  committed since the last read (``PRAGMA data_version``, answered from memory) and empties the
+  cache when one has: never stale, if less often warm while workers write.
+
+An ORM bulk UPDATE or DELETE of assets (whose rows are not known to the session) forgets every
+entry at its commit. Raw SQL that changes assets behind the ORM's back must do the same
+(``current_asset_cache().invalidate_all()``).
+- No Redis, another database: no cache (reads are counted as ``bypass``).
+
+With Redis down, reads go to the database (``error``), and the cache is left alone for a few
+seconds instead of costing every request a timeout. Entries expire after ``ENTRY_TTL_SECONDS``, a
+bound on staleness should an invalidation itself fail while Redis is away.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Iterable
+from typing import Any, Protocol
+
+from cachetools import TTLCache
+from sqlalchemy import event
+from sqlalchemy.orm import ORMExecuteState, Session, SessionTransaction
+
+from app.metrics import CACHE_OPERATIONS
+
+log = logging.getLogger(__name__)
+
+ENTRY_TTL_SECONDS = 3600
+GENERATION_TTL_SECONDS = 86400
+BACKOFF_SECONDS = 5.0
+_CHANGED = "registry_cache_changed_assets"
+_CHANGED_ALL = "registry_cache_changed_every_asset"
+
+
+class Entry(Protocol):
+    etag: str
+    body: bytes
+
+
+class CachedAsset:
+    __slots__ = ("body", "etag")
+
+    def __init__(self, etag: str, body: bytes) -> None:
+        self.etag = etag
+        self.body = body
+
+    def encode(self) -> bytes:
+        return self.etag.encode() + b"\n" + self.body
+
+    @classmethod
+    def decode(cls, raw: bytes) -> CachedAsset:
+        etag, _, body = raw.partition(b"\n")
+        return cls(etag.decode(), body)
+
+
+class AssetCache:
+    """The interface the asset route uses; this base class caches nothing."""
+
+    backend = "none"
+
+    def lookup(self, asset_id: str) -> tuple[CachedAsset | None, object]:
+        """The cached answer (or None) and a token to pass to ``store`` after a miss."""
+        CACHE_OPERATIONS.labels("get", "bypass").inc()
+        return None, None
+
+    def store(self, asset_id: str, token: object, entry: CachedAsset) -> None:
+        """Keep ``entry`` unless the asset changed since the ``lookup`` that gave ``token``."""
+
+    def invalidate(self, asset_ids: Iterable[str]) -> None:
+        """Forget these assets (called after a commit that changed them)."""
+
+    def invalidate_all(self) -> None:
+        """Forget every asset (after a bulk UPDATE or DELETE whose rows are not known)."""
+
+    def close(self) -> None:
+        pass
+
+
+_STORE_IF_UNCHANGED = """
+local gen = redis.call('GET', KEYS[2])
+local epoch = redis.call('GET', KEYS[3])
+if (gen or '') == ARGV[1] and (epoch or '') == ARGV[2] then
+  redis.call('SET', KEYS[1], ARGV[3], 'EX', ARGV[4])
+  return 1
+end
+return 0
+"""
+
+
+class RedisAssetCache(AssetCache):
+    backend = "redis"
+    prefix = "llm-registry:cache:asset:"
+
+    def __init__(self, url: str) -> None:
+        import redis
+
+        self.client: Any = redis.Redis.from_url(
+            url, socket_timeout=0.5, socket_connect_timeout=0.5, health_check_interval=30
+        )
+        self._store_script = self.client.register_script(_STORE_IF_UNCHANGED)
+        self._down_until = 0.0
+
+    def _keys(self, asset_id: str) -> list[str]:
+        """The entry, the asset's generation, and the epoch (bumped to forget every entry)."""
+        return [f"{self.prefix}{asset_id}", f"{self.prefix}{asset_id}:gen", f"{self.prefix}epoch"]
+
+    def _available(self) -> bool:
+        return time.monotonic() >= self._down_until
+
+    def _failed(self, operation: str, exc: Exception) -> None:
+        CACHE_OPERATIONS.labels(operation, "error").inc()
+        if self._available():
+            log.warning(
+                "cache: Redis unavailable (%s), reads go to the database for %.0f s",
+                type(exc).__name__,
+                BACKOFF_SECONDS,
+            )
+        self._down_until = time.monotonic() + BACKOFF_SECONDS
+
+    def lookup(self, asset_id: str) -> tuple[CachedAsset | None, object]:
+        if not self._available():
+            CACHE_OPERATIONS.labels("get", "error").inc()
+            return None, None
+        try:
+            raw, generation, epoch = self.client.mget(self._keys(asset_id))
+        except Exception as exc:
+            self._failed("get", exc)
+            return None, None
+        epoch = (epoch or b"").decode()
+        if raw is not None:
+            entry_epoch, _, rest = raw.partition(b"\n")
+            if entry_epoch.decode() == epoch:
+                CACHE_OPERATIONS.labels("get", "hit").inc()
+                return CachedAsset.decode(rest), None
+        CACHE_OPERATIONS.labels("get", "miss").inc()
+        return None, ((generation or b"").decode(), epoch)
+
+    def store(self, asset_id: str, token: object, entry: CachedAsset) -> None:
+        if not isinstance(token, tuple) or not self._available():
+            return
+        generation, epoch = token
+        try:
+            stored = self._store_script(
+                keys=self._keys(asset_id),
+                args=[
+                    generation,
+                    epoch,
+                    epoch.encode() + b"\n" + entry.encode(),
+                    ENTRY_TTL_SECONDS,
+                ],
+            )
+        except Exception as exc:
+            self._failed("set", exc)
+            return
+        CACHE_OPERATIONS.labels("set", "ok" if stored else "stale").inc()
+
+    def invalidate(self, asset_ids: Iterable[str]) -> None:
+        ids = sorted(set(asset_ids))
+        if not ids:
+            return
+        try:
+            pipe = self.client.pipeline(transaction=True)
+            for asset_id in ids:
+                key, generation, _epoch = self._keys(asset_id)
+                pipe.incr(generation)
+                pipe.expire(generation, GENERATION_TTL_SECONDS)
+                pipe.delete(key)
+            pipe.execute()
+        except Exception as exc:
+            # The change has committed; its entry may outlive it until ENTRY_TTL_SECONDS.
+            self._failed("delete", exc)
+            log.error("cache: could not invalidate %d asset(s): %s", len(ids), exc)
+            return
+        CACHE_OPERATIONS.labels("delete", "ok").inc(len(ids))
+
+    def invalidate_all(self) -> None:
+        try:
+            self.client.incr(self._keys("")[2])
+        except Exception as exc:
+            self._failed("delete", exc)
+            log.error("cache: could not invalidate every asset: %s", exc)
+            return
+        CACHE_OPERATIONS.labels("delete", "ok").inc()
+
+    def close(self) -> None:
+        self.client.close()
+
+
+class SqliteMemoryAssetCache(AssetCache):
+    """In-process entries, emptied whenever another connection has committed to the database."""
+
+    backend = "memory"
+
+    def __init__(self, database_path: str, maxsize: int = 10_000) -> None:
+        self._entries: TTLCache[str, CachedAsset] = TTLCache(maxsize, ENTRY_TTL_SECONDS)
+        self._generations: dict[str, int] = {}
+        self._epoch = 0  # bumped when the whole cache is emptied
+        self._lock = threading.Lock()
+        self._path = database_path
+        self._watch: sqlite3.Connection | None = None
+        self._pid = 0
+        self._data_version: int | None = None
+
+    def _read_data_version(self) -> int:
+        # A connection that only ever reads data_version, which changes when any other
+        # connection (this process's pool included) commits. Opened per process: a connection
+        # must not cross a fork (gunicorn's, Celery's).
+        if self._watch is None or self._pid != os.getpid():
+            self._watch = sqlite3.connect(self._path, check_same_thread=False)
+            self._pid = os.getpid()
+            self._data_version = None
+        row = self._watch.execute("PRAGMA data_version").fetchone()
+        return int(row[0])
+
+    def _sync(self) -> None:
+        """Called holding the lock: empty the cache if the database changed under it."""
+        version = self._read_data_version()
+        if version != self._data_version:
+            self._data_version = version
+            self._forget_all()
+
+    def lookup(self, asset_id: str) -> tuple[CachedAsset | None, object]:
+        with self._lock:
+            try:
+                self._sync()
+            except sqlite3.Error as exc:
+                CACHE_OPERATIONS.labels("get", "error").inc()
+                log.warning("cache: could not read SQLite's data_version: %s", exc)
+                return None, None
+            entry = self._entries.get(asset_id)
+            token = (self._epoch, self._generations.get(asset_id, 0))
+        CACHE_OPERATIONS.labels("get", "hit" if entry is not None else "miss").inc()
+        return entry, None if entry is not None else token
+
+    def store(self, asset_id: str, token: object, entry: CachedAsset) -> None:
+        if token is None:
+            return
+        with self._lock:
+            try:
+                self._sync()
+            except sqlite3.Error:
+                return
+            if token == (self._epoch, self._generations.get(asset_id, 0)):
+                self._entries[asset_id] = entry
+                result = "ok"
+            else:
+                result = "stale"
+        CACHE_OPERATIONS.labels("set", result).inc()
+
+    def invalidate(self, asset_ids: Iterable[str]) -> None:
+        ids = set(asset_ids)
+        if not ids:
+            return
+        with self._lock:
+            for asset_id in ids:
+                self._generations[asset_id] = self._generations.get(asset_id, 0) + 1
+                self._entries.pop(asset_id, None)
+            if len(self._generations) > 100_000:  # bounded: forgetting all is safe, see _epoch
+                self._forget_all()
+        CACHE_OPERATIONS.labels("delete", "ok").inc(len(ids))
+
+    def invalidate_all(self) -> None:
+        with self._lock:
+            self._forget_all()
+        CACHE_OPERATIONS.labels("delete", "ok").inc()
+
+    def _forget_all(self) -> None:
+        self._generations.clear()
+        self._entries.clear()
+        self._epoch += 1
+
+    def close(self) -> None:
+        if self._watch is not None:
+            self._watch.close()
+            self._watch = None
+
+
+def make_asset_cache(redis_url: str | None, database_url: str) -> AssetCache:
+    if redis_url:
+        return RedisAssetCache(redis_url)
+    if database_url.startswith("sqlite:///") and ":memory:" not in database_url:
+        return SqliteMemoryAssetCache(database_url.removeprefix("sqlite:///"))
+    return AssetCache()
+
+
+# ---- invalidation: every session, every process ------------------------------------------------
+
+
+def _changed_asset_ids(objects: Iterable[Any]) -> set[str]:
+    from app.assets.models import Asset, AssetDependency, AssetTag
+
+    ids: set[str] = set()
+    for obj in objects:
+        if isinstance(obj, Asset):
+            ids.add(obj.id)
+        elif isinstance(obj, AssetTag | AssetDependency):
+            ids.add(obj.asset_id)
+    return ids
+
+
+@event.listens_for(Session, "after_flush")
+def _collect_changed_assets(session: Session, _context: Any) -> None:
+    ids = _changed_asset_ids([*session.new, *session.dirty, *session.deleted])
+    if ids:
+        session.info.setdefault(_CHANGED, set()).update(ids)
+
+
+@event.listens_for(Session, "do_orm_execute")
+def _notice_bulk_changes(state: ORMExecuteState) -> None:
+    """An ORM bulk UPDATE/DELETE (or INSERT of tags or dependencies) of asset rows: which
+    assets it changes is not known here, so the commit forgets them all."""
+    if not (state.is_update or state.is_delete or state.is_insert):
+        return
+    from app.assets.models import Asset, AssetDependency, AssetTag
+
+    mapper = state.bind_mapper
+    watched = (AssetTag, AssetDependency) if state.is_insert else (Asset, AssetTag, AssetDependency)
+    if mapper is not None and mapper.class_ in watched:
+        state.session.info[_CHANGED_ALL] = True
+
+
+@event.listens_for(Session, "after_commit")
+def _invalidate_changed_assets(session: Session) -> None:
+    ids: set[str] | None = session.info.pop(_CHANGED, None)
+    every = session.info.pop(_CHANGED_ALL, False)
+    if ids or every:
+        cache = current_asset_cache()
+        if cache is not None:
+            if every:
+                cache.invalidate_all()
+            else:
+                cache.invalidate(ids or ())
+
+
+@event.listens_for(Session, "after_soft_rollback")
+def _forget_changed_assets(session: Session, previous_transaction: SessionTransaction) -> None:
+    if previous_transaction.parent is None:
+        session.info.pop(_CHANGED, None)
+        session.info.pop(_CHANGED_ALL, None)
+
+
+def current_asset_cache() -> AssetCache | None:
+    from flask import current_app, has_app_context
+
+    if not has_app_context():
+        return None
+    cache: AssetCache | None = current_app.extensions.get("asset_cache")
+    return cache

@@ -1,0 +1,213 @@
+"""The read-through cache of ``GET /v1/assets/{id}`` (app/cache.py): what a reader sees when
+another process changes the asset, when a change races a miss, and when Redis is away.
+
+Across processes with Redis and real workers: ``test_pipeline.py``
+(``test_single_asset_reads_come_from_redis_and_follow_every_change``).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+from flask import Flask
+
+from app.cache import AssetCache, CachedAsset, RedisAssetCache, SqliteMemoryAssetCache
+from app.metrics import CACHE_OPERATIONS
+from tests.conftest import PASSWORD, Api, _migrated_app, login, make_settings
+from tests.helpers import set_status
+from tests.integration.pipeline_support import REDIS_BASE_URL
+
+CLOSED = "127.0.0.1:9"  # nothing listens on the discard port here
+
+
+def _count(operation: str, result: str) -> float:
+    value: float = CACHE_OPERATIONS.labels(operation, result)._value.get()
+    return value
+
+
+def _model(name: str) -> dict[str, Any]:
+    return {"asset_type": "model", "name": name, "version": "1.0.0"}
+
+
+def _register(api: Api) -> str:
+    response = api.post("/v1/assets", json=_model(f"cache-{uuid.uuid4().hex[:8]}"))
+    assert response.status_code == 202, response.get_json()
+    asset_id: str = response.get_json()["id"]
+    return asset_id
+
+
+# ---- the generation guard: a change between a miss and its store wins -------------------------
+
+
+@pytest.fixture
+def redis_cache() -> Iterator[RedisAssetCache]:
+    cache = RedisAssetCache(f"{REDIS_BASE_URL}/0")
+    yield cache
+    cache.close()
+
+
+def test_redis_a_store_after_a_change_is_dropped(redis_cache: RedisAssetCache) -> None:
+    asset_id = f"test-{uuid.uuid4().hex}"
+    entry, token = redis_cache.lookup(asset_id)
+    assert entry is None
+    redis_cache.invalidate([asset_id])  # a change commits while the reader reads the database
+    redis_cache.store(asset_id, token, CachedAsset('"old"', b'{"status": "pending"}'))
+    assert redis_cache.lookup(asset_id)[0] is None  # the old answer did not get in
+
+    entry, token = redis_cache.lookup(asset_id)
+    redis_cache.store(asset_id, token, CachedAsset('"new"', b'{"status": "active"}'))
+    hit, _ = redis_cache.lookup(asset_id)
+    assert hit is not None and (hit.etag, hit.body) == ('"new"', b'{"status": "active"}')
+
+    redis_cache.invalidate([asset_id])
+    assert redis_cache.lookup(asset_id)[0] is None
+
+
+def test_redis_invalidate_all_forgets_every_entry(redis_cache: RedisAssetCache) -> None:
+    ids = [f"test-{uuid.uuid4().hex}" for _ in range(3)]
+    for asset_id in ids:
+        _, token = redis_cache.lookup(asset_id)
+        redis_cache.store(asset_id, token, CachedAsset('"e"', b"{}"))
+        assert redis_cache.lookup(asset_id)[0] is not None
+    _, token = redis_cache.lookup("test-racing-reader")
+    redis_cache.invalidate_all()
+    assert all(redis_cache.lookup(asset_id)[0] is None for asset_id in ids)
+    redis_cache.store("test-racing-reader", token, CachedAsset('"e"', b"{}"))
+    assert redis_cache.lookup("test-racing-reader")[0] is None
+
+
+def test_memory_a_store_after_a_change_is_dropped(tmp_path: Path) -> None:
+    database = tmp_path / "registry.db"
+    sqlite3.connect(database).close()
+    cache = SqliteMemoryAssetCache(str(database))
+    try:
+        _, token = cache.lookup("a1")
+        cache.invalidate(["a1"])
+        cache.store("a1", token, CachedAsset('"old"', b"{}"))
+        assert cache.lookup("a1")[0] is None
+
+        _, token = cache.lookup("a1")
+        cache.store("a1", token, CachedAsset('"new"', b"{}"))
+        assert cache.lookup("a1")[0] is not None
+        # Another connection (another process) commits: everything is forgotten.
+        other = sqlite3.connect(database)
+        other.execute("CREATE TABLE IF NOT EXISTS t (x)")
+        other.execute("INSERT INTO t VALUES (1)")
+        other.commit()
+        other.close()
+        assert cache.lookup("a1")[0] is None
+    finally:
+        cache.close()
+
+
+# ---- the embedded default: an in-process cache that another process's commit empties ----------
+
+
+@pytest.fixture
+def committing_sqlite_app(tmp_path: Path) -> Iterator[Flask]:
+    """An embedded-default app whose commits are real (not the rolled-back test transaction)."""
+    from app.extensions import db
+    from app.users.service import create_user
+
+    app = _migrated_app(make_settings(f"sqlite:///{tmp_path / 'registry.db'}", tmp_path))
+    with app.app_context():
+        for role in ("viewer", "developer"):
+            create_user(f"{role}-1", PASSWORD, [role])
+        db.session.remove()
+    yield app
+    with app.app_context():
+        db.engine.dispose()
+
+
+def test_embedded_cache_sees_a_change_made_by_another_process(
+    committing_sqlite_app: Flask, tmp_path: Path
+) -> None:
+    cache = committing_sqlite_app.extensions["asset_cache"]
+    assert isinstance(cache, SqliteMemoryAssetCache)
+    client = committing_sqlite_app.test_client()
+    asset_id = _register(login(client, "developer-1"))
+    viewer = login(client, "viewer-1")
+
+    hits = _count("get", "hit")
+    first = viewer.get(f"/v1/assets/{asset_id}")
+    second = viewer.get(f"/v1/assets/{asset_id}")
+    assert first.status_code == second.status_code == 200
+    assert first.get_json()["status"] == "pending" and second.data == first.data
+    assert _count("get", "hit") == hits + 1
+
+    # What the worker process does when it validates the asset, through a connection of its own.
+    worker = sqlite3.connect(tmp_path / "registry.db")
+    worker.execute(
+        "UPDATE assets SET status = 'active', row_version = row_version + 1 WHERE id = ?",
+        (asset_id,),
+    )
+    worker.commit()
+    worker.close()
+
+    after = viewer.get(f"/v1/assets/{asset_id}")
+    assert after.get_json()["status"] == "active"
+    assert after.headers["ETag"] != first.headers["ETag"]
+
+
+def test_a_bulk_update_through_the_orm_invalidates(app: Flask, dev: Api, viewer: Api) -> None:
+    """``UPDATE assets ...`` through the ORM (whose rows the session does not know)."""
+    asset_id = _register(dev)
+    assert viewer.get(f"/v1/assets/{asset_id}").get_json()["status"] == "pending"
+    assert viewer.get(f"/v1/assets/{asset_id}").get_json()["status"] == "pending"
+    set_status(asset_id, "active")
+    assert viewer.get(f"/v1/assets/{asset_id}").get_json()["status"] == "active"
+
+
+def test_include_deleted_reads_bypass_the_cache(app: Flask, dev: Api, admin: Api) -> None:
+    asset_id = _register(dev)
+    assert admin.get(f"/v1/assets/{asset_id}").status_code == 200
+    assert admin.delete(f"/v1/assets/{asset_id}").status_code == 204
+    assert admin.get(f"/v1/assets/{asset_id}").status_code == 404
+    deleted = admin.get(f"/v1/assets/{asset_id}?include_deleted=true")
+    assert deleted.status_code == 200 and deleted.get_json()["deleted_at"]
+
+
+# ---- Redis away: reads go to the database -------------------------------------------------
+
+
+def test_with_redis_down_reads_are_answered_from_the_database(
+    app: Flask, dev: Api, viewer: Api
+) -> None:
+    down = RedisAssetCache(f"redis://{CLOSED}/0")
+    original = app.extensions["asset_cache"]
+    app.extensions["asset_cache"] = down
+    try:
+        asset_id = _register(dev)
+        errors = _count("get", "error")
+        started = time.monotonic()
+        for _ in range(20):
+            response = viewer.get(f"/v1/assets/{asset_id}")
+            assert response.status_code == 200 and response.get_json()["id"] == asset_id
+        # One failed attempt, then the cache is left alone for a while: no timeout per request.
+        assert time.monotonic() - started < 5
+        assert _count("get", "error") == errors + 20
+        set_status(asset_id, "active")  # the invalidation fails too; the commit does not
+        assert viewer.get(f"/v1/assets/{asset_id}").get_json()["status"] == "active"
+    finally:
+        app.extensions["asset_cache"] = original
+        down.close()
+
+
+def test_the_redis_cache_is_chosen_by_redis_url(tmp_path: Path) -> None:
+    settings = make_settings(
+        f"sqlite:///{tmp_path / 'r.db'}", tmp_path, REDIS_URL=f"{REDIS_BASE_URL}/0"
+    )
+    from app import create_app
+
+    assert isinstance(create_app(settings).extensions["asset_cache"], RedisAssetCache)
+    postgres_without_redis = make_settings("postgresql+psycopg://postgres@127.0.0.1/x", tmp_path)
+    cache = create_app(postgres_without_redis).extensions["asset_cache"]
+    assert type(cache) is AssetCache  # no cache a worker's commit could not reach
+    assert redis.Redis.from_url(f"{REDIS_BASE_URL}/0").ping()
