@@ -37,6 +37,10 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_soft_time_limit": 3000,
         "task_time_limit": 3300,
         "broker_transport_options": transport_options,
+        # Task events for Flower (docker/docker-compose.yml) and `celery events`: on Redis only,
+        # kombu's SQLAlchemy transport has no fanout exchange to carry them.
+        "worker_send_task_events": url.startswith("redis"),
+        "task_send_sent_event": url.startswith("redis"),
         "task_default_queue": "registry",
         # Every worker consumes all three unless told otherwise (llm-registry worker --queues),
         # also when started as `celery -A celery_app:celery worker`.

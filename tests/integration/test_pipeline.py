@@ -10,16 +10,20 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import subprocess
+import sys
 import threading
 import time
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import blake3
 import boto3
 import psycopg
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import update
 from sqlalchemy.orm import Session
 
@@ -793,3 +797,118 @@ def test_the_reaper_never_requeues_a_job_while_its_worker_commits(
     time.sleep(0.5)  # a requeued job would be on its way to a worker by now
     job = stack.api("viewer").get(f"/v1/jobs/{job_id}").get_json()
     assert job["status"] == "succeeded" and job["attempts"] == 1, job
+
+
+# ---- the read-through cache, across processes ---------------------------------------------------
+
+
+def _cache_counts(stack: Stack) -> dict[str, float]:
+    """``cache_operations_total{operation="get"}`` by result, as /metrics shows it."""
+    text = stack.app.test_client().get("/metrics").get_data(as_text=True)
+    counts: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == "cache_operations_total" and sample.labels["operation"] == "get":
+                counts[sample.labels["result"]] = sample.value
+    return counts
+
+
+_CHANGE_IN_ANOTHER_PROCESS = """
+import sys
+from app import create_app
+from app.assets.models import Asset
+from app.extensions import db
+
+app = create_app()
+with app.app_context():
+    asset = db.session.get(Asset, sys.argv[1])
+    asset.description = sys.argv[2]
+    db.session.commit()
+"""
+
+
+def test_single_asset_reads_come_from_redis_and_follow_every_change(stack: Stack) -> None:
+    """A read is cached (a hit the second time, 304 on its ETag); the worker's verdict, a
+    change committed by another process, an update and a delete each show at the next read."""
+    viewer = stack.api("viewer")
+    doc = stack.register(model(unique("cached"), dependencies=[]))
+    early = viewer.get(f"/v1/assets/{doc['id']}")  # cached before the worker's verdict, mostly
+    job = stack.wait_job(doc["job"]["id"])
+    validated = viewer.get(f"/v1/assets/{doc['id']}")
+    assert_active(job, validated.get_json())
+    if early.get_json()["status"] != "active":
+        assert validated.headers["ETag"] != early.headers["ETag"]
+    stale = viewer.get(f"/v1/assets/{doc['id']}", headers={"If-None-Match": early.headers["ETag"]})
+    assert stale.status_code == 200 and stale.data == validated.data
+
+    before = _cache_counts(stack)
+    first = viewer.get(f"/v1/assets/{doc['id']}")
+    second = viewer.get(f"/v1/assets/{doc['id']}")
+    after = _cache_counts(stack)
+    assert first.status_code == second.status_code == 200
+    assert first.data == second.data == validated.data
+    assert after.get("hit", 0) >= before.get("hit", 0) + 2
+    unchanged = viewer.get(
+        f"/v1/assets/{doc['id']}", headers={"If-None-Match": first.headers["ETag"]}
+    )
+    assert unchanged.status_code == 304 and unchanged.headers["ETag"] == first.headers["ETag"]
+
+    subprocess.run(
+        [sys.executable, "-c", _CHANGE_IN_ANOTHER_PROCESS, doc["id"], "said elsewhere"],
+        env=stack.env,
+        cwd=Path(__file__).parents[2],
+        check=True,
+        timeout=60,
+    )
+    assert viewer.get(f"/v1/assets/{doc['id']}").get_json()["description"] == "said elsewhere"
+
+    patched = stack.api("developer").patch(
+        f"/v1/assets/{doc['id']}", json={"description": "now described"}
+    )
+    assert patched.status_code == 200, patched.get_json()
+    assert viewer.get(f"/v1/assets/{doc['id']}").get_json()["description"] == "now described"
+
+    assert stack.api("admin").delete(f"/v1/assets/{doc['id']}").status_code == 204
+    gone = viewer.get(f"/v1/assets/{doc['id']}")
+    assert gone.status_code == 404 and gone.get_json()["code"] == "NOT_FOUND"
+
+
+def test_workers_send_task_events_for_flower(stack: Stack) -> None:
+    """Flower (docker-compose.yml) and ``celery events`` see each task arrive and finish."""
+    producer = stack.app.extensions["task_producer"]
+    seen: list[dict[str, Any]] = []
+    ready = threading.Event()
+    with producer.connection_for_read() as connection:
+        receiver = producer.events.Receiver(connection, handlers={"*": seen.append})
+        consume_ready = receiver.on_consume_ready
+
+        def on_consume_ready(*args: Any, **kwargs: Any) -> None:
+            consume_ready(*args, **kwargs)
+            ready.set()
+
+        receiver.on_consume_ready = on_consume_ready
+        listener = threading.Thread(
+            target=receiver.capture, kwargs={"wakeup": False}, name="events", daemon=True
+        )
+        listener.start()
+        try:
+            assert ready.wait(10), "the event receiver did not start"
+            doc = stack.register(model(unique("flower"), dependencies=[]))
+            job = stack.wait_job(doc["job"]["id"])
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline and not any(
+                e["type"] == "task-succeeded" and e["uuid"] == received["uuid"]
+                for e in seen
+                for received in seen
+                if received["type"] == "task-received" and doc["job"]["id"] in received["args"]
+            ):
+                time.sleep(0.05)
+        finally:
+            receiver.should_stop = True
+            listener.join(10)
+    assert job["status"] == "succeeded"
+    received = [e for e in seen if e["type"] == "task-received" and doc["job"]["id"] in e["args"]]
+    assert len(received) == 1, [e["type"] for e in seen]
+    assert received[0]["name"] == "registry.jobs.run_registration"
+    done = [e for e in seen if e["type"] == "task-succeeded" and e["uuid"] == received[0]["uuid"]]
+    assert len(done) == 1 and done[0]["runtime"] > 0, seen
