@@ -85,7 +85,9 @@ def _serve_metrics(**_: Any) -> None:
     registry = CollectorRegistry()
     multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
     try:
-        start_http_server(port, registry=registry)
+        start_http_server(
+            port, addr=os.environ.get("REGISTRY_WORKER_METRICS_HOST", "0.0.0.0"), registry=registry
+        )
     except OSError as exc:  # a second worker on one host: metrics off, jobs still run
         logging.getLogger(__name__).warning("worker metrics not served on %s: %s", port, exc)
 

@@ -191,18 +191,23 @@ def _celery(args: list[str], config: str | None) -> None:
     show_default=True,
     help="Serve the worker's Prometheus metrics (job_duration_seconds) on this port; 0: off.",
 )
+@click.option(
+    "--metrics-host", default="0.0.0.0", show_default=True, help="Address for --metrics-port."
+)
 def worker(
     config: str | None,
     queues: str,
     concurrency: int | None,
     loglevel: str | None,
     metrics_port: int,
+    metrics_host: str,
 ) -> None:
     """Run a Celery worker for the registration pipeline."""
     settings = _settings(config)
     _metrics_dir(settings, "worker")
     if metrics_port:
         os.environ["REGISTRY_WORKER_METRICS_PORT"] = str(metrics_port)
+        os.environ["REGISTRY_WORKER_METRICS_HOST"] = metrics_host
     args = [
         "worker",
         "--queues",
@@ -241,7 +246,14 @@ def relay(config: str | None) -> None:
 @config_option
 @click.option("--host", default=None, help="Address to bind (SERVER_HOST).")
 @click.option("--port", type=int, default=None, help="Port to bind (SERVER_PORT).")
-def run(config: str | None, host: str | None, port: int | None) -> None:
+@click.option(
+    "--worker-metrics-port",
+    type=int,
+    default=9808,
+    show_default=True,
+    help="Where the worker serves its Prometheus metrics; 0: off.",
+)
+def run(config: str | None, host: str | None, port: int | None, worker_metrics_port: int) -> None:
     """Everything on one machine: migrate, create the first admin, then the API, a worker,
     beat and, when NATS_URL is set, the event relay.
 
@@ -272,7 +284,17 @@ def run(config: str | None, host: str | None, port: int | None) -> None:
     )
     commands = [
         [exe, "serve", "--workers", "2", *extra],
-        [exe, "worker", "--concurrency", "2", "--metrics-port", "9808", *extra],
+        [
+            exe,
+            "worker",
+            "--concurrency",
+            "2",
+            "--metrics-port",
+            str(worker_metrics_port),
+            "--metrics-host",
+            str(settings.server_host),
+            *extra,
+        ],
         [exe, "beat", *extra],
     ]
     if settings.nats_url:

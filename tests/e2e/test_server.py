@@ -36,9 +36,15 @@ def _free_port() -> int:
 
 class Server:
     def __init__(
-        self, base: str, process: subprocess.Popen[bytes], workdir: Path, nats: bool
+        self,
+        base: str,
+        process: subprocess.Popen[bytes],
+        workdir: Path,
+        nats: bool,
+        worker_metrics: str,
     ) -> None:
         self.nats = nats
+        self.worker_metrics = worker_metrics
         self.base = base
         self.process = process
         self.workdir = workdir
@@ -58,6 +64,7 @@ class Server:
 @pytest.fixture(params=["embedded", "postgres"])
 def server(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Server]:
     port = _free_port()
+    worker_metrics_port = _free_port()
     database_url = None
     env = {k: v for k, v in os.environ.items() if k not in ENV_NAMES}
     env.update(
@@ -76,7 +83,7 @@ def server(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Server]:
     exe = Path(sys.executable).parent / "llm-registry"
     log = (tmp_path / "server.log").open("wb")
     process = subprocess.Popen(
-        [str(exe), "run", "--port", str(port)],
+        [str(exe), "run", "--port", str(port), "--worker-metrics-port", str(worker_metrics_port)],
         cwd=tmp_path,
         env=env,
         stdout=log,
@@ -96,7 +103,13 @@ def server(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Server]:
     else:
         pytest.fail("server did not come up in 60 s")
     try:
-        yield Server(base, process, tmp_path, nats="NATS_URL" in env)
+        yield Server(
+            base,
+            process,
+            tmp_path,
+            nats="NATS_URL" in env,
+            worker_metrics=f"http://127.0.0.1:{worker_metrics_port}/metrics",
+        )
     finally:
         os.killpg(process.pid, signal.SIGTERM)
         try:
@@ -337,6 +350,51 @@ def test_pipeline_on_the_embedded_worker(server: Server) -> None:
     refused = s.delete(server.url(f"/v1/assets/{good['id']}"))
     assert refused.status_code == 409
     assert refused.json()["code"] == "HAS_DEPENDENTS"
+
+
+def _samples(text: str) -> list[Any]:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    return [sample for family in text_string_to_metric_families(text) for sample in family.samples]
+
+
+def test_metrics_add_up_across_processes(server: Server) -> None:
+    """``make run`` serves the API from two gunicorn processes and runs jobs in worker pool
+    processes: /metrics counts every API process's requests, the worker's endpoint every job."""
+    server.login()
+    marker = f"/v1/assets?name=metrics-{os.getpid()}"
+    for _ in range(40):  # the two API processes share them
+        assert server.session.get(server.url(marker)).status_code == 200
+    asset = _register(server, asset_type="model", name="acme/metered", version="1.0.0")
+    assert asset["status"] == "active"
+
+    api = _samples(requests.get(server.url("/metrics"), timeout=10).text)
+    listed = [
+        s.value
+        for s in api
+        if s.name == "http_requests_total"
+        and s.labels == {"method": "GET", "path": "/v1/assets", "status": "200"}
+    ]
+    assert listed and listed[0] >= 40, listed
+    assert any(
+        s.name == "assets_total"
+        and s.labels == {"asset_type": "model", "status": "active"}
+        and s.value >= 1
+        for s in api
+    )
+    assert any(
+        s.name == "jobs_total" and s.labels == {"kind": "registration", "status": "succeeded"}
+        for s in api
+    )
+
+    worker = _samples(requests.get(server.worker_metrics, timeout=10).text)
+    steps = {
+        s.labels["step"]: s.value
+        for s in worker
+        if s.name == "job_duration_seconds_count" and s.labels["kind"] == "registration"
+    }
+    assert {"checksum", "dependencies", "scan", "policies", "tests"} <= set(steps), steps
+    assert all(count >= 1 for count in steps.values()), steps
 
 
 def test_policies_as_a_new_user_sees_them(server: Server) -> None:
