@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from opentelemetry import trace
 from sqlalchemy import and_, func, or_, select, update
 
 from app.assets.models import Asset
@@ -27,6 +28,7 @@ from app.jobs.queue import QUEUE_DEFAULT, RUN_REGISTRATION, enqueue_after_commit
 from app.metrics import JOB_DURATION
 
 log = logging.getLogger(__name__)
+_tracer = trace.get_tracer(__name__)
 
 LEASE_SECONDS = 45  # a running job whose heartbeat is older than this is taken over
 HEARTBEAT_SECONDS = 10
@@ -221,7 +223,13 @@ def run_registration(
         step.status, step.started_at, step.finished_at = "running", utcnow(), None
         context.hold()
         db.session.commit()
-        with JOB_DURATION.labels(job.kind, step.name).time():
+        with (
+            _tracer.start_as_current_span(
+                f"step {step.name}",
+                attributes={"registry.job_id": job.id, "registry.step": step.name},
+            ),
+            JOB_DURATION.labels(job.kind, step.name).time(),
+        ):
             result = steps[step.name](asset, context)
         if result.status == "failed":
             _reject(job, asset, step, result, context)
