@@ -17,6 +17,7 @@ from opentelemetry.propagators.textmap import Getter
 from opentelemetry.trace import SpanKind
 
 from app import create_app
+from app.context import actor_var, request_id_var
 from app.observability import configure_logging, tracer
 from config import load_settings
 from config.celery import celery_config
@@ -33,13 +34,20 @@ class FlaskTask(Task):
         # A span per run, continuing the trace of whoever sent the task (its ``traceparent``
         # travels as a message header): one registration is one trace, request to events.
         parent = propagate.extract(self.request, getter=_RequestGetter())
-        with (
-            flask_app.app_context(),
-            tracer.start_as_current_span(
-                f"run {self.name}", context=parent, kind=SpanKind.CONSUMER
-            ),
-        ):
-            return super().__call__(*args, **kwargs)
+        # adopt_context() gives the run its job's request id and actor; they must not outlive
+        # it (the process's next task, Celery's own log lines, the reaper's events).
+        request_token, actor_token = request_id_var.set(None), actor_var.set(None)
+        try:
+            with (
+                flask_app.app_context(),
+                tracer.start_as_current_span(
+                    f"run {self.name}", context=parent, kind=SpanKind.CONSUMER
+                ),
+            ):
+                return super().__call__(*args, **kwargs)
+        finally:
+            actor_var.reset(actor_token)
+            request_id_var.reset(request_token)
 
 
 class _RequestGetter(Getter[Any]):
