@@ -60,7 +60,7 @@ def create_app(
     """Build a registry app from ``settings`` (default: defaults < TOML < environment)."""
     from app import errors, models, observability  # noqa: F401  (models: complete metadata)
     from app.auth.revocation import make_revocation_store
-    from app.cache import make_asset_cache
+    from app.cache import make_read_cache
     from app.extensions import db, jwt, make_api, migrate
     from app.jobs.queue import make_producer
     from app.json import OrjsonProvider
@@ -83,7 +83,7 @@ def create_app(
     )
     app.extensions["task_producer"] = make_producer(settings)
     app.extensions["revocation_store"] = make_revocation_store(settings.redis_url)
-    app.extensions["asset_cache"] = make_asset_cache(settings.redis_url, str(settings.database_url))
+    app.extensions["read_cache"] = make_read_cache(settings.redis_url, str(settings.database_url))
     if str(settings.database_url).startswith("sqlite"):
         from pathlib import Path
 

@@ -1,11 +1,13 @@
-"""Read-through cache of single-asset reads (``GET /v1/assets/{id}``), invalidated on every change.
+"""Read-through cache of what the hot path reads, invalidated on every change.
 
-What is cached is the answer itself: the asset's ETag and its JSON body, so a hit costs one cache
-round trip and no database work. Any commit that touches an asset row, its tags or its
-dependencies (API, worker or beat alike: the hook below is on every SQLAlchemy session) drops that
-asset's entry once the transaction has committed.
+Two kinds of entries: single-asset reads (``GET /v1/assets/{id}``: the asset's ETag and its JSON
+body, so a hit costs one cache round trip and no database work) and users' authentication state
+(roles, disabled: read by every request's authentication). Any commit that touches an asset row,
+its tags or dependencies, or a user (API, worker or beat alike: the hooks below are on every
+SQLAlchemy session) drops that entry once the transaction has committed; so a demotion or a
+disable still takes effect at the next request.
 
-A reader that misses reads the asset's *generation* before it reads the database and stores its
+A reader that misses reads the key's *generation* before it reads the database and stores its
 answer only if the generation is still the same; invalidation bumps the generation and deletes the
 entry together. So a reader that read the row just before a change commits cannot put the old
 answer back after the change invalidated it.
@@ -17,11 +19,11 @@ Backends, chosen by the settings (CONTRACT.md §8):
   scheduler) cannot reach it, so every read first asks SQLite whether any other connection has
   committed since the last read (``PRAGMA data_version``, answered from memory) and empties the
   cache when one has: never stale, if less often warm while workers write.
-
-An ORM bulk UPDATE or DELETE of assets (whose rows are not known to the session) forgets every
-entry at its commit. Raw SQL that changes assets behind the ORM's back must do the same
-(``current_asset_cache().invalidate_all()``).
 - No Redis, another database: no cache (reads are counted as ``bypass``).
+
+An ORM bulk UPDATE or DELETE of those rows (which the session cannot name) forgets every entry
+at its commit. Raw SQL that changes them behind the ORM's back must do the same
+(``current_read_cache().invalidate_all()``).
 
 With Redis down, reads go to the database (``error``), and the cache is left alone for a few
 seconds instead of costing every request a timeout. Entries expire after ``ENTRY_TTL_SECONDS``, a
@@ -49,8 +51,8 @@ log = logging.getLogger(__name__)
 ENTRY_TTL_SECONDS = 3600
 GENERATION_TTL_SECONDS = 86400
 BACKOFF_SECONDS = 5.0
-_CHANGED = "registry_cache_changed_assets"
-_CHANGED_ALL = "registry_cache_changed_every_asset"
+_CHANGED = "registry_cache_changed_keys"
+_CHANGED_ALL = "registry_cache_changed_everything"
 
 
 class Entry(Protocol):
@@ -58,7 +60,7 @@ class Entry(Protocol):
     body: bytes
 
 
-class CachedAsset:
+class CachedEntry:
     __slots__ = ("body", "etag")
 
     def __init__(self, etag: str, body: bytes) -> None:
@@ -69,25 +71,32 @@ class CachedAsset:
         return self.etag.encode() + b"\n" + self.body
 
     @classmethod
-    def decode(cls, raw: bytes) -> CachedAsset:
+    def decode(cls, raw: bytes) -> CachedEntry:
         etag, _, body = raw.partition(b"\n")
         return cls(etag.decode(), body)
 
 
-class AssetCache:
+class ReadCache:
     """The interface the asset route uses; this base class caches nothing."""
 
     backend = "none"
 
-    def lookup(self, asset_id: str) -> tuple[CachedAsset | None, object]:
+    def lookup(self, key: str) -> tuple[CachedEntry | None, object]:
         """The cached answer (or None) and a token to pass to ``store`` after a miss."""
         CACHE_OPERATIONS.labels("get", "bypass").inc()
         return None, None
 
-    def store(self, asset_id: str, token: object, entry: CachedAsset) -> None:
-        """Keep ``entry`` unless the asset changed since the ``lookup`` that gave ``token``."""
+    def lookup_with(
+        self, key: str, others: list[str], url: str
+    ) -> tuple[CachedEntry | None, object, list[bytes | None]] | None:
+        """``lookup`` plus the raw values of ``others`` (keys of the Redis at ``url``) in the
+        same round trip; None when this cache cannot (not Redis, another server, Redis away)."""
+        return None
 
-    def invalidate(self, asset_ids: Iterable[str]) -> None:
+    def store(self, key: str, token: object, entry: CachedEntry) -> None:
+        """Keep ``entry`` unless the key changed since the ``lookup`` that gave ``token``."""
+
+    def invalidate(self, keys: Iterable[str]) -> None:
         """Forget these assets (called after a commit that changed them)."""
 
     def invalidate_all(self) -> None:
@@ -108,22 +117,23 @@ return 0
 """
 
 
-class RedisAssetCache(AssetCache):
+class RedisReadCache(ReadCache):
     backend = "redis"
-    prefix = "llm-registry:cache:asset:"
+    prefix = "llm-registry:cache:"
 
     def __init__(self, url: str) -> None:
         import redis
 
+        self.url = url
         self.client: Any = redis.Redis.from_url(
             url, socket_timeout=0.5, socket_connect_timeout=0.5, health_check_interval=30
         )
         self._store_script = self.client.register_script(_STORE_IF_UNCHANGED)
         self._down_until = 0.0
 
-    def _keys(self, asset_id: str) -> list[str]:
+    def _keys(self, key: str) -> list[str]:
         """The entry, the asset's generation, and the epoch (bumped to forget every entry)."""
-        return [f"{self.prefix}{asset_id}", f"{self.prefix}{asset_id}:gen", f"{self.prefix}epoch"]
+        return [f"{self.prefix}{key}", f"{self.prefix}{key}:gen", f"{self.prefix}epoch"]
 
     def _available(self) -> bool:
         return time.monotonic() >= self._down_until
@@ -138,31 +148,49 @@ class RedisAssetCache(AssetCache):
             )
         self._down_until = time.monotonic() + BACKOFF_SECONDS
 
-    def lookup(self, asset_id: str) -> tuple[CachedAsset | None, object]:
+    def lookup(self, key: str) -> tuple[CachedEntry | None, object]:
         if not self._available():
             CACHE_OPERATIONS.labels("get", "error").inc()
             return None, None
         try:
-            raw, generation, epoch = self.client.mget(self._keys(asset_id))
+            raw, generation, epoch = self.client.mget(self._keys(key))
         except Exception as exc:
             self._failed("get", exc)
             return None, None
-        epoch = (epoch or b"").decode()
+        return self._found(raw, generation, epoch)
+
+    def lookup_with(
+        self, key: str, others: list[str], url: str
+    ) -> tuple[CachedEntry | None, object, list[bytes | None]] | None:
+        if url != self.url or not self._available():
+            return None
+        try:
+            raw, generation, epoch, *values = self.client.mget([*self._keys(key), *others])
+        except Exception as exc:
+            self._failed("get", exc)
+            return None
+        entry, token = self._found(raw, generation, epoch)
+        return entry, token, values
+
+    def _found(
+        self, raw: bytes | None, generation: bytes | None, epoch_raw: bytes | None
+    ) -> tuple[CachedEntry | None, object]:
+        epoch = (epoch_raw or b"").decode()
         if raw is not None:
             entry_epoch, _, rest = raw.partition(b"\n")
             if entry_epoch.decode() == epoch:
                 CACHE_OPERATIONS.labels("get", "hit").inc()
-                return CachedAsset.decode(rest), None
+                return CachedEntry.decode(rest), None
         CACHE_OPERATIONS.labels("get", "miss").inc()
         return None, ((generation or b"").decode(), epoch)
 
-    def store(self, asset_id: str, token: object, entry: CachedAsset) -> None:
+    def store(self, key: str, token: object, entry: CachedEntry) -> None:
         if not isinstance(token, tuple) or not self._available():
             return
         generation, epoch = token
         try:
             stored = self._store_script(
-                keys=self._keys(asset_id),
+                keys=self._keys(key),
                 args=[
                     generation,
                     epoch,
@@ -175,14 +203,14 @@ class RedisAssetCache(AssetCache):
             return
         CACHE_OPERATIONS.labels("set", "ok" if stored else "stale").inc()
 
-    def invalidate(self, asset_ids: Iterable[str]) -> None:
-        ids = sorted(set(asset_ids))
+    def invalidate(self, keys: Iterable[str]) -> None:
+        ids = sorted(set(keys))
         if not ids:
             return
         try:
             pipe = self.client.pipeline(transaction=True)
-            for asset_id in ids:
-                key, generation, _epoch = self._keys(asset_id)
+            for key in ids:
+                key, generation, _epoch = self._keys(key)
                 pipe.incr(generation)
                 pipe.expire(generation, GENERATION_TTL_SECONDS)
                 pipe.delete(key)
@@ -207,13 +235,13 @@ class RedisAssetCache(AssetCache):
         self.client.close()
 
 
-class SqliteMemoryAssetCache(AssetCache):
+class SqliteMemoryReadCache(ReadCache):
     """In-process entries, emptied whenever another connection has committed to the database."""
 
     backend = "memory"
 
     def __init__(self, database_path: str, maxsize: int = 10_000) -> None:
-        self._entries: TTLCache[str, CachedAsset] = TTLCache(maxsize, ENTRY_TTL_SECONDS)
+        self._entries: TTLCache[str, CachedEntry] = TTLCache(maxsize, ENTRY_TTL_SECONDS)
         self._generations: dict[str, int] = {}
         self._epoch = 0  # bumped when the whole cache is emptied
         self._lock = threading.Lock()
@@ -240,7 +268,7 @@ class SqliteMemoryAssetCache(AssetCache):
             self._data_version = version
             self._forget_all()
 
-    def lookup(self, asset_id: str) -> tuple[CachedAsset | None, object]:
+    def lookup(self, key: str) -> tuple[CachedEntry | None, object]:
         with self._lock:
             try:
                 self._sync()
@@ -248,12 +276,12 @@ class SqliteMemoryAssetCache(AssetCache):
                 CACHE_OPERATIONS.labels("get", "error").inc()
                 log.warning("cache: could not read SQLite's data_version: %s", exc)
                 return None, None
-            entry = self._entries.get(asset_id)
-            token = (self._epoch, self._generations.get(asset_id, 0))
+            entry = self._entries.get(key)
+            token = (self._epoch, self._generations.get(key, 0))
         CACHE_OPERATIONS.labels("get", "hit" if entry is not None else "miss").inc()
         return entry, None if entry is not None else token
 
-    def store(self, asset_id: str, token: object, entry: CachedAsset) -> None:
+    def store(self, key: str, token: object, entry: CachedEntry) -> None:
         if token is None:
             return
         with self._lock:
@@ -261,21 +289,21 @@ class SqliteMemoryAssetCache(AssetCache):
                 self._sync()
             except sqlite3.Error:
                 return
-            if token == (self._epoch, self._generations.get(asset_id, 0)):
-                self._entries[asset_id] = entry
+            if token == (self._epoch, self._generations.get(key, 0)):
+                self._entries[key] = entry
                 result = "ok"
             else:
                 result = "stale"
         CACHE_OPERATIONS.labels("set", result).inc()
 
-    def invalidate(self, asset_ids: Iterable[str]) -> None:
-        ids = set(asset_ids)
+    def invalidate(self, keys: Iterable[str]) -> None:
+        ids = set(keys)
         if not ids:
             return
         with self._lock:
-            for asset_id in ids:
-                self._generations[asset_id] = self._generations.get(asset_id, 0) + 1
-                self._entries.pop(asset_id, None)
+            for key in ids:
+                self._generations[key] = self._generations.get(key, 0) + 1
+                self._entries.pop(key, None)
             if len(self._generations) > 100_000:  # bounded: forgetting all is safe, see _epoch
                 self._forget_all()
         CACHE_OPERATIONS.labels("delete", "ok").inc(len(ids))
@@ -296,32 +324,45 @@ class SqliteMemoryAssetCache(AssetCache):
             self._watch = None
 
 
-def make_asset_cache(redis_url: str | None, database_url: str) -> AssetCache:
+def make_read_cache(redis_url: str | None, database_url: str) -> ReadCache:
     if redis_url:
-        return RedisAssetCache(redis_url)
+        return RedisReadCache(redis_url)
     if database_url.startswith("sqlite:///") and ":memory:" not in database_url:
-        return SqliteMemoryAssetCache(database_url.removeprefix("sqlite:///"))
-    return AssetCache()
+        return SqliteMemoryReadCache(database_url.removeprefix("sqlite:///"))
+    return ReadCache()
 
 
 # ---- invalidation: every session, every process ------------------------------------------------
 
 
-def _changed_asset_ids(objects: Iterable[Any]) -> set[str]:
-    from app.assets.models import Asset, AssetDependency, AssetTag
+def asset_key(asset_id: str) -> str:
+    return f"asset:{asset_id}"
 
-    ids: set[str] = set()
+
+def user_key(user_id: str) -> str:
+    return f"user:{user_id}"
+
+
+def _changed_keys(objects: Iterable[Any]) -> set[str]:
+    """The cache keys of what these flushed rows change: an asset (its row, tags, dependencies),
+    a user (roles, disabled: what every request's authentication reads)."""
+    from app.assets.models import Asset, AssetDependency, AssetTag
+    from app.users.models import User
+
+    keys: set[str] = set()
     for obj in objects:
         if isinstance(obj, Asset):
-            ids.add(obj.id)
+            keys.add(asset_key(obj.id))
         elif isinstance(obj, AssetTag | AssetDependency):
-            ids.add(obj.asset_id)
-    return ids
+            keys.add(asset_key(obj.asset_id))
+        elif isinstance(obj, User) and obj.id is not None:
+            keys.add(user_key(obj.id))
+    return keys
 
 
 @event.listens_for(Session, "after_flush")
-def _collect_changed_assets(session: Session, _context: Any) -> None:
-    ids = _changed_asset_ids([*session.new, *session.dirty, *session.deleted])
+def _collect_changed_keys(session: Session, _context: Any) -> None:
+    ids = _changed_keys([*session.new, *session.dirty, *session.deleted])
     if ids:
         session.info.setdefault(_CHANGED, set()).update(ids)
 
@@ -333,19 +374,22 @@ def _notice_bulk_changes(state: ORMExecuteState) -> None:
     if not (state.is_update or state.is_delete or state.is_insert):
         return
     from app.assets.models import Asset, AssetDependency, AssetTag
+    from app.users.models import User
 
     mapper = state.bind_mapper
-    watched = (AssetTag, AssetDependency) if state.is_insert else (Asset, AssetTag, AssetDependency)
+    watched = (
+        (AssetTag, AssetDependency) if state.is_insert else (Asset, AssetTag, AssetDependency, User)
+    )
     if mapper is not None and mapper.class_ in watched:
         state.session.info[_CHANGED_ALL] = True
 
 
 @event.listens_for(Session, "after_commit")
-def _invalidate_changed_assets(session: Session) -> None:
+def _invalidate_changed_keys(session: Session) -> None:
     ids: set[str] | None = session.info.pop(_CHANGED, None)
     every = session.info.pop(_CHANGED_ALL, False)
     if ids or every:
-        cache = current_asset_cache()
+        cache = current_read_cache()
         if cache is not None:
             if every:
                 cache.invalidate_all()
@@ -354,16 +398,16 @@ def _invalidate_changed_assets(session: Session) -> None:
 
 
 @event.listens_for(Session, "after_soft_rollback")
-def _forget_changed_assets(session: Session, previous_transaction: SessionTransaction) -> None:
+def _forget_changed_keys(session: Session, previous_transaction: SessionTransaction) -> None:
     if previous_transaction.parent is None:
         session.info.pop(_CHANGED, None)
         session.info.pop(_CHANGED_ALL, None)
 
 
-def current_asset_cache() -> AssetCache | None:
+def current_read_cache() -> ReadCache | None:
     from flask import current_app, has_app_context
 
     if not has_app_context():
         return None
-    cache: AssetCache | None = current_app.extensions.get("asset_cache")
+    cache: ReadCache | None = current_app.extensions.get("read_cache")
     return cache

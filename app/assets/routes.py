@@ -19,7 +19,7 @@ from app.assets.schemas import (
     VersionQueryArgsSchema,
 )
 from app.auth.identity import current_identity
-from app.cache import AssetCache, CachedAsset, current_asset_cache
+from app.cache import CachedEntry, ReadCache, asset_key, current_read_cache
 from app.http import if_match_values, not_modified
 from app.json import json_bytes
 from app.openapi import Blueprint
@@ -84,12 +84,12 @@ class AssetById(MethodView):
         if args["include_deleted"]:
             return _with_etag(service.read_asset(asset_id, current_identity(), True))
         # The hot path: the answer comes from the read-through cache (app/cache.py).
-        cache = current_asset_cache() or AssetCache()
-        entry, token = cache.lookup(asset_id)
+        cache = current_read_cache() or ReadCache()
+        entry, token = cache.lookup(asset_key(asset_id))
         if entry is None:
             asset = service.get_asset(asset_id)
-            entry = CachedAsset(asset.etag, json_bytes(AssetSchema().dump(asset)))
-            cache.store(asset_id, token, entry)
+            entry = CachedEntry(asset.etag, json_bytes(AssetSchema().dump(asset)))
+            cache.store(asset_key(asset_id), token, entry)
         if not_modified(entry.etag):
             return Response(status=304, headers={"ETag": entry.etag})
         return Response(entry.body, mimetype="application/json", headers={"ETag": entry.etag})

@@ -34,19 +34,26 @@ class RedisRevocationStore:
     def __init__(self, url: str) -> None:
         import redis
 
+        self.url = url
         self.client: Any = redis.Redis.from_url(
             url, socket_timeout=2, socket_connect_timeout=2, health_check_interval=30
         )
 
+    @staticmethod
+    def family_key(family: str) -> str:
+        """The key that exists while ``family`` is revoked (read along with the user's cache
+        entry, in the same round trip, on the hot path)."""
+        return f"{_PREFIX}family:{family}"
+
     def revoke_family(self, family: str, ttl_seconds: int) -> None:
         try:
-            self.client.set(f"{_PREFIX}family:{family}", 1, ex=max(1, ttl_seconds))
+            self.client.set(self.family_key(family), 1, ex=max(1, ttl_seconds))
         except Exception as exc:
             raise UnavailableError("revocation state (Redis) is unavailable") from exc
 
     def is_revoked(self, family: str) -> bool:
         try:
-            return bool(self.client.exists(f"{_PREFIX}family:{family}"))
+            return bool(self.client.exists(self.family_key(family)))
         except Exception as exc:
             # Failing open keeps the API up while Redis is down; a logout made meanwhile could
             # not have been recorded either (it answers 503).

@@ -18,7 +18,7 @@ import pytest
 import redis
 from flask import Flask
 
-from app.cache import AssetCache, CachedAsset, RedisAssetCache, SqliteMemoryAssetCache
+from app.cache import CachedEntry, ReadCache, RedisReadCache, SqliteMemoryReadCache
 from app.metrics import CACHE_OPERATIONS
 from tests.conftest import PASSWORD, Api, _migrated_app, login, make_settings
 from tests.helpers import set_status
@@ -47,22 +47,22 @@ def _register(api: Api) -> str:
 
 
 @pytest.fixture
-def redis_cache() -> Iterator[RedisAssetCache]:
-    cache = RedisAssetCache(f"{REDIS_BASE_URL}/0")
+def redis_cache() -> Iterator[RedisReadCache]:
+    cache = RedisReadCache(f"{REDIS_BASE_URL}/0")
     yield cache
     cache.close()
 
 
-def test_redis_a_store_after_a_change_is_dropped(redis_cache: RedisAssetCache) -> None:
+def test_redis_a_store_after_a_change_is_dropped(redis_cache: RedisReadCache) -> None:
     asset_id = f"test-{uuid.uuid4().hex}"
     entry, token = redis_cache.lookup(asset_id)
     assert entry is None
     redis_cache.invalidate([asset_id])  # a change commits while the reader reads the database
-    redis_cache.store(asset_id, token, CachedAsset('"old"', b'{"status": "pending"}'))
+    redis_cache.store(asset_id, token, CachedEntry('"old"', b'{"status": "pending"}'))
     assert redis_cache.lookup(asset_id)[0] is None  # the old answer did not get in
 
     entry, token = redis_cache.lookup(asset_id)
-    redis_cache.store(asset_id, token, CachedAsset('"new"', b'{"status": "active"}'))
+    redis_cache.store(asset_id, token, CachedEntry('"new"', b'{"status": "active"}'))
     hit, _ = redis_cache.lookup(asset_id)
     assert hit is not None and (hit.etag, hit.body) == ('"new"', b'{"status": "active"}')
 
@@ -70,31 +70,31 @@ def test_redis_a_store_after_a_change_is_dropped(redis_cache: RedisAssetCache) -
     assert redis_cache.lookup(asset_id)[0] is None
 
 
-def test_redis_invalidate_all_forgets_every_entry(redis_cache: RedisAssetCache) -> None:
+def test_redis_invalidate_all_forgets_every_entry(redis_cache: RedisReadCache) -> None:
     ids = [f"test-{uuid.uuid4().hex}" for _ in range(3)]
     for asset_id in ids:
         _, token = redis_cache.lookup(asset_id)
-        redis_cache.store(asset_id, token, CachedAsset('"e"', b"{}"))
+        redis_cache.store(asset_id, token, CachedEntry('"e"', b"{}"))
         assert redis_cache.lookup(asset_id)[0] is not None
     _, token = redis_cache.lookup("test-racing-reader")
     redis_cache.invalidate_all()
     assert all(redis_cache.lookup(asset_id)[0] is None for asset_id in ids)
-    redis_cache.store("test-racing-reader", token, CachedAsset('"e"', b"{}"))
+    redis_cache.store("test-racing-reader", token, CachedEntry('"e"', b"{}"))
     assert redis_cache.lookup("test-racing-reader")[0] is None
 
 
 def test_memory_a_store_after_a_change_is_dropped(tmp_path: Path) -> None:
     database = tmp_path / "registry.db"
     sqlite3.connect(database).close()
-    cache = SqliteMemoryAssetCache(str(database))
+    cache = SqliteMemoryReadCache(str(database))
     try:
         _, token = cache.lookup("a1")
         cache.invalidate(["a1"])
-        cache.store("a1", token, CachedAsset('"old"', b"{}"))
+        cache.store("a1", token, CachedEntry('"old"', b"{}"))
         assert cache.lookup("a1")[0] is None
 
         _, token = cache.lookup("a1")
-        cache.store("a1", token, CachedAsset('"new"', b"{}"))
+        cache.store("a1", token, CachedEntry('"new"', b"{}"))
         assert cache.lookup("a1")[0] is not None
         # Another connection (another process) commits: everything is forgotten.
         other = sqlite3.connect(database)
@@ -129,8 +129,8 @@ def committing_sqlite_app(tmp_path: Path) -> Iterator[Flask]:
 def test_embedded_cache_sees_a_change_made_by_another_process(
     committing_sqlite_app: Flask, tmp_path: Path
 ) -> None:
-    cache = committing_sqlite_app.extensions["asset_cache"]
-    assert isinstance(cache, SqliteMemoryAssetCache)
+    cache = committing_sqlite_app.extensions["read_cache"]
+    assert isinstance(cache, SqliteMemoryReadCache)
     client = committing_sqlite_app.test_client()
     asset_id = _register(login(client, "developer-1"))
     viewer = login(client, "viewer-1")
@@ -140,7 +140,7 @@ def test_embedded_cache_sees_a_change_made_by_another_process(
     second = viewer.get(f"/v1/assets/{asset_id}")
     assert first.status_code == second.status_code == 200
     assert first.get_json()["status"] == "pending" and second.data == first.data
-    assert _count("get", "hit") == hits + 1
+    assert _count("get", "hit") == hits + 2  # the second read: the caller's entry and the asset's
 
     # What the worker process does when it validates the asset, through a connection of its own.
     worker = sqlite3.connect(tmp_path / "registry.db")
@@ -180,9 +180,9 @@ def test_include_deleted_reads_bypass_the_cache(app: Flask, dev: Api, admin: Api
 def test_with_redis_down_reads_are_answered_from_the_database(
     app: Flask, dev: Api, viewer: Api
 ) -> None:
-    down = RedisAssetCache(f"redis://{CLOSED}/0")
-    original = app.extensions["asset_cache"]
-    app.extensions["asset_cache"] = down
+    down = RedisReadCache(f"redis://{CLOSED}/0")
+    original = app.extensions["read_cache"]
+    app.extensions["read_cache"] = down
     try:
         asset_id = _register(dev)
         errors = _count("get", "error")
@@ -192,11 +192,11 @@ def test_with_redis_down_reads_are_answered_from_the_database(
             assert response.status_code == 200 and response.get_json()["id"] == asset_id
         # One failed attempt, then the cache is left alone for a while: no timeout per request.
         assert time.monotonic() - started < 5
-        assert _count("get", "error") == errors + 20
+        assert _count("get", "error") == errors + 40  # the caller's entry and the asset's
         set_status(asset_id, "active")  # the invalidation fails too; the commit does not
         assert viewer.get(f"/v1/assets/{asset_id}").get_json()["status"] == "active"
     finally:
-        app.extensions["asset_cache"] = original
+        app.extensions["read_cache"] = original
         down.close()
 
 
@@ -206,8 +206,58 @@ def test_the_redis_cache_is_chosen_by_redis_url(tmp_path: Path) -> None:
     )
     from app import create_app
 
-    assert isinstance(create_app(settings).extensions["asset_cache"], RedisAssetCache)
+    assert isinstance(create_app(settings).extensions["read_cache"], RedisReadCache)
     postgres_without_redis = make_settings("postgresql+psycopg://postgres@127.0.0.1/x", tmp_path)
-    cache = create_app(postgres_without_redis).extensions["asset_cache"]
-    assert type(cache) is AssetCache  # no cache a worker's commit could not reach
+    cache = create_app(postgres_without_redis).extensions["read_cache"]
+    assert type(cache) is ReadCache  # no cache a worker's commit could not reach
     assert redis.Redis.from_url(f"{REDIS_BASE_URL}/0").ping()
+
+
+# ---- the callers' entries: roles, disabled and logout count at the next request -----------------
+
+
+@pytest.fixture
+def redis_app(tmp_path: Path) -> Iterator[Flask]:
+    """A committing app whose cache and revocation state are in Redis (one round trip)."""
+    from app.extensions import db
+    from app.users.service import create_user
+
+    app = _migrated_app(
+        make_settings(
+            f"sqlite:///{tmp_path / 'registry.db'}",
+            tmp_path,
+            REDIS_URL=f"{REDIS_BASE_URL}/0",
+            CELERY_BROKER_URL=f"sqla+sqlite:///{tmp_path / 'broker.db'}",
+        )
+    )
+    with app.app_context():
+        for role in ("developer", "admin"):
+            create_user(f"{role}-1", PASSWORD, [role])
+        db.session.remove()
+    yield app
+    with app.app_context():
+        db.engine.dispose()
+
+
+def test_a_demotion_a_disable_and_a_logout_count_at_once(redis_app: Flask) -> None:
+    assert isinstance(redis_app.extensions["read_cache"], RedisReadCache)
+    client = redis_app.test_client()
+    admin, dev = login(client, "admin-1"), login(client, "developer-1")
+    hits = _count("get", "hit")
+    for _ in range(3):
+        assert dev.get("/v1/auth/me").status_code == 200
+    assert _count("get", "hit") >= hits + 2  # the developer's entry, from Redis
+    assert dev.post("/v1/assets", json=_model("cache-demoted")).status_code == 202
+
+    demoted = admin.patch(f"/v1/users/{dev.user['id']}", json={"roles": ["viewer"]})
+    assert demoted.status_code == 200, demoted.get_json()
+    refused = dev.post("/v1/assets", json=_model("cache-demoted-2"))
+    assert refused.status_code == 403 and refused.get_json()["code"] == "FORBIDDEN"
+    assert dev.get("/v1/auth/me").get_json()["roles"] == ["viewer"]
+
+    assert admin.patch(f"/v1/users/{dev.user['id']}", json={"disabled": True}).status_code == 200
+    assert dev.get("/v1/auth/me").status_code == 401
+
+    assert admin.get("/v1/auth/me").status_code == 200
+    assert admin.post("/v1/auth/logout").status_code in (200, 204)
+    assert admin.get("/v1/auth/me").status_code == 401
