@@ -7,7 +7,7 @@ DEVSTAMP := $(VENV)/.dev-installed
 PYTEST_ARGS ?= -n 2
 
 .DEFAULT_GOAL := help
-.PHONY: fuzz bench-relay help install dev-install run serve migrate test test-fast lint format typecheck bench-blobs services lock clean
+.PHONY: fuzz bench bench-compare bench-relay help install dev-install run serve migrate test test-fast lint format typecheck bench-blobs services lock clean
 
 help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  %-12s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -59,6 +59,13 @@ bench-blobs: dev-install ## Upload and verify a 2 GiB blob; print MB/s (vs opens
 fuzz: dev-install ## schemathesis against a live server, long: FUZZ_MAX_EXAMPLES=100 per operation, 30 min, random seed
 	FUZZ_MAX_EXAMPLES=$${FUZZ_MAX_EXAMPLES:-100} FUZZ_MAX_TIME=$${FUZZ_MAX_TIME:-1800} FUZZ_SEED=$${FUZZ_SEED:-} \
 		$(BIN)/python -m pytest tests/e2e/test_server.py -k schemathesis -s -p no:cacheprovider --timeout 0
+
+bench: dev-install ## Service-mode load with wrk (reads, writes, end to end, graph, 1M-row lists) next to a bare-Flask ceiling, then checksum vs openssl
+	$(BIN)/python bench/bench_http.py $(BENCH_ARGS)
+	$(BIN)/python bench/bench_blobs.py --size-gib $${SIZE_GIB:-1}
+
+bench-compare: dev-install ## The same read and write loads against MLflow's Model Registry (own venv, same machine, same run); prints the ratios
+	$(BIN)/python bench/bench_http.py --compare-mlflow $(BENCH_ARGS)
 
 bench-relay: dev-install ## Write 5,000 events and publish them to a private NATS; print events/s
 	$(BIN)/python bench/bench_relay.py

@@ -1,0 +1,44 @@
+"""The benchmark scripts run once, in their smoke mode (seconds, tiny tables), so they cannot rot.
+No timing is asserted: the figures are for `make bench`, not for the test suite."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+LOADS = (
+    "ceiling: bare Flask JSON",
+    "GET /v1/assets/{id} (auth, warm)",
+    "POST /v1/assets (202)",
+    "registrations completed end to end",
+    "GET dependencies, depth 49",
+    "GET dependents, depth 49",
+    "GET /v1/assets, 10 filter/sort mixes",
+)
+
+
+def test_bench_http_smoke_runs_every_load_without_errors(tmp_path: Path) -> None:
+    figures_file = tmp_path / "figures.json"
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "bench_http.py"), "--smoke", "--json", figures_file],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=ROOT,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    figures = json.loads(figures_file.read_text())
+    for load in LOADS:
+        name = next((n for n in figures if n.startswith(load)), None)
+        assert name is not None, (load, sorted(figures))
+        # Every request was answered as the load expects (2xx; end to end: every asset active).
+        assert figures[name]["errors"] == 0, (name, figures[name])
+        assert figures[name]["requests"] > 0 and figures[name]["rps"] > 0, (name, figures[name])
+        assert name in result.stdout  # the table shows it
+    singles = result.stdout[result.stdout.index("single requests") :].split("\n\n")[0]
+    for line in singles.splitlines()[1:]:
+        assert line.split()[1] == "200", line
