@@ -12,7 +12,8 @@ from typing import Any
 
 from celery import Celery
 from flask import current_app, has_app_context
-from opentelemetry import propagate
+from opentelemetry import propagate, trace
+from opentelemetry.trace import SpanKind, StatusCode
 from sqlalchemy import event
 from sqlalchemy.orm import Session, SessionTransaction
 
@@ -20,6 +21,7 @@ from config import Settings
 from config.celery import celery_config
 
 log = logging.getLogger(__name__)
+_tracer = trace.get_tracer(__name__)
 
 RUN_REGISTRATION = "registry.jobs.run_registration"
 RUN_COMPLIANCE_SCAN = "registry.compliance.run_scan"
@@ -38,20 +40,26 @@ def make_producer(settings: Settings) -> Celery:
 
 def send_task(producer: Celery, name: str, args: list[Any], queue: str = QUEUE_DEFAULT) -> bool:
     """Send now; True when the broker took it, False (logged) when it did not."""
-    carrier: dict[str, str] = {}
-    propagate.inject(carrier)  # the task continues the caller's trace
-    try:
-        producer.send_task(
-            name,
-            args=args,
-            queue=queue,
-            headers=carrier,
-            retry=True,
-            retry_policy={"max_retries": 2, "interval_start": 0.2, "interval_step": 0.5},
-        )
-    except Exception as exc:  # the broker is down: the reaper sends it later
-        log.warning("could not enqueue %s%s: %s", name, args, exc.__class__.__name__)
-        return False
+    with _tracer.start_as_current_span(
+        f"send {name}",
+        kind=SpanKind.PRODUCER,
+        attributes={"messaging.system": "celery", "messaging.destination.name": queue},
+    ) as span:
+        carrier: dict[str, str] = {}
+        propagate.inject(carrier)  # the task continues the caller's trace, under this span
+        try:
+            producer.send_task(
+                name,
+                args=args,
+                queue=queue,
+                headers=carrier,
+                retry=True,
+                retry_policy={"max_retries": 2, "interval_start": 0.2, "interval_step": 0.5},
+            )
+        except Exception as exc:  # the broker is down: the reaper sends it later
+            span.set_status(StatusCode.ERROR, exc.__class__.__name__)
+            log.warning("could not enqueue %s%s: %s", name, args, exc.__class__.__name__)
+            return False
     return True
 
 
