@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from typing import Any
 
+import jwt as pyjwt
 import orjson
 from flask import current_app, g, request
-from flask_jwt_extended import decode_token
 from flask_jwt_extended.exceptions import JWTExtendedException
 from jwt import PyJWTError
 
@@ -69,9 +70,26 @@ def _credential() -> str | None:
     return token.strip()
 
 
+def _decode_access_token(token: str) -> dict[str, Any]:
+    """The verified claims of ``token``: one PyJWT decode with the settings flask-jwt-extended
+    issues tokens with (HS256 only, signature, ``exp``/``nbf``/``iat``, ``iss`` and ``aud``).
+    ``decode_token`` would decode it three times (claims and header unverified, then verified),
+    a fifth of a cached read's time."""
+    config = current_app.config
+    claims: dict[str, Any] = pyjwt.decode(
+        token,
+        config["JWT_SECRET_KEY"],
+        algorithms=config["JWT_DECODE_ALGORITHMS"],
+        audience=config["JWT_DECODE_AUDIENCE"],
+        issuer=config["JWT_DECODE_ISSUER"],
+        leeway=config.get("JWT_DECODE_LEEWAY", 0),
+    )
+    return claims
+
+
 def _identity_from_jwt(token: str) -> Identity:
     try:
-        claims = decode_token(token)
+        claims = _decode_access_token(token)
     except (PyJWTError, JWTExtendedException, ValueError, UnicodeError):
         raise UnauthorizedError("the access token is invalid or expired") from None
     if any(claims.get(name) is None for name in _REQUIRED_CLAIMS):

@@ -132,7 +132,17 @@ def _claims(app: Flask, user_id: str, **changes: Any) -> dict[str, Any]:
 
 
 @pytest.mark.parametrize(
-    "kind", ["alg-none", "other-secret", "expired", "wrong-audience", "wrong-issuer"]
+    "kind",
+    [
+        "alg-none",
+        "other-secret",
+        "expired",
+        "wrong-audience",
+        "wrong-issuer",
+        "not-yet-valid",
+        "hs512",
+        "no-exp",
+    ],
 )
 def test_forged_jwts_are_refused(client: FlaskClient, users: dict[str, str], kind: str) -> None:
     app = client.application
@@ -148,6 +158,16 @@ def test_forged_jwts_are_refused(client: FlaskClient, users: dict[str, str], kin
         token = jwt.encode(claims, secret, algorithm="HS256")
     elif kind == "wrong-audience":
         token = jwt.encode(_claims(app, user_id, aud="someone-else"), secret, algorithm="HS256")
+    elif kind == "not-yet-valid":
+        later = int(time.time()) + 3600
+        claims = _claims(app, user_id, nbf=later, exp=later + 300)
+        token = jwt.encode(claims, secret, algorithm="HS256")
+    elif kind == "hs512":  # the right secret, another algorithm: HS256 is pinned
+        token = jwt.encode(_claims(app, user_id), secret, algorithm="HS512")
+    elif kind == "no-exp":  # a token that would never expire is not one we issue
+        claims = _claims(app, user_id)
+        del claims["exp"]
+        token = jwt.encode(claims, secret, algorithm="HS256")
     else:
         token = jwt.encode(_claims(app, user_id, iss="someone-else"), secret, algorithm="HS256")
 

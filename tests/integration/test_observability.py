@@ -47,7 +47,12 @@ from app.observability import configure_logging, init_tracing
 from config import ENV_NAMES, load_settings
 from tests.conftest import JWT_SECRET, PASSWORD, drop_pg_database, fresh_pg_database
 from tests.integration.nats_support import SHARED_NATS_URL, read_stream, require_nats
-from tests.integration.pipeline_support import Stack, claim_redis_db, release_redis_db
+from tests.integration.pipeline_support import (
+    REDIS_BASE_URL,
+    Stack,
+    claim_redis_db,
+    release_redis_db,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -688,3 +693,26 @@ def test_log_lines_are_json_with_the_request_and_trace_ids(
         for record in task_lines:
             assert record["request_id"] in (None, request_id), record
             assert record["trace_id"] in (None, trace_id), record
+
+
+def test_redis_commands_are_traced_when_spans_are_exported(spans: InMemorySpanExporter) -> None:
+    """With OTEL_EXPORTER_OTLP_ENDPOINT set, init_tracing traces every Redis command (without
+    an exporter nobody would see those spans, so they are not made)."""
+    import redis
+
+    from app.observability import trace_redis
+
+    trace_redis()
+    key = f"llm-registry-tests:traced:{uuid.uuid4().hex}"
+    client = redis.Redis.from_url(f"{REDIS_BASE_URL}/0")
+    with trace.get_tracer("test").start_as_current_span("caller") as caller:
+        client.set(key, "1", ex=10)
+    client.close()
+    commands = [
+        s
+        for s in spans.get_finished_spans()
+        if (s.attributes or {}).get("db.system") == "redis"
+        and s.parent is not None
+        and s.parent.span_id == caller.get_span_context().span_id
+    ]
+    assert [s.name for s in commands] == ["SET"], [s.name for s in commands]
