@@ -41,6 +41,7 @@ from collections.abc import Iterable
 from typing import Any, Protocol
 
 from cachetools import TTLCache
+from flask import g, has_request_context
 from sqlalchemy import event
 from sqlalchemy.orm import ORMExecuteState, Session, SessionTransaction
 
@@ -149,6 +150,9 @@ class RedisReadCache(ReadCache):
         self._down_until = time.monotonic() + BACKOFF_SECONDS
 
     def lookup(self, key: str) -> tuple[CachedEntry | None, object]:
+        prefetched = _take_prefetched(key)
+        if prefetched is not None:
+            return prefetched
         if not self._available():
             CACHE_OPERATIONS.labels("get", "error").inc()
             return None, None
@@ -162,15 +166,22 @@ class RedisReadCache(ReadCache):
     def lookup_with(
         self, key: str, others: list[str], url: str
     ) -> tuple[CachedEntry | None, object, list[bytes | None]] | None:
+        """Also fetches the keys this request said it will read (``prefetch``), so that an
+        authenticated read of a cached asset costs one round trip in all."""
         if url != self.url or not self._available():
             return None
+        wanted = _wanted_keys()
+        keys = [*self._keys(key), *(k for w in wanted for k in self._keys(w)[:2]), *others]
         try:
-            raw, generation, epoch, *values = self.client.mget([*self._keys(key), *others])
+            raw, generation, epoch, *values = self.client.mget(keys)
         except Exception as exc:
             self._failed("get", exc)
             return None
+        for index, wanted_key in enumerate(wanted):
+            found = self._found(values[2 * index], values[2 * index + 1], epoch)
+            g.cache_prefetched[wanted_key] = found
         entry, token = self._found(raw, generation, epoch)
-        return entry, token, values
+        return entry, token, values[2 * len(wanted) :]
 
     def _found(
         self, raw: bytes | None, generation: bytes | None, epoch_raw: bytes | None
@@ -402,6 +413,26 @@ def _forget_changed_keys(session: Session, previous_transaction: SessionTransact
     if previous_transaction.parent is None:
         session.info.pop(_CHANGED, None)
         session.info.pop(_CHANGED_ALL, None)
+
+
+def prefetch(key: str) -> None:
+    """This request will read ``key``: fetch it along with the caller's own entry."""
+    g.setdefault("cache_wanted", []).append(key)
+
+
+def _wanted_keys() -> list[str]:
+    if not has_request_context():
+        return []
+    wanted: list[str] = g.pop("cache_wanted", [])
+    g.cache_prefetched = {}
+    return wanted
+
+
+def _take_prefetched(key: str) -> tuple[CachedEntry | None, object] | None:
+    if not has_request_context():
+        return None
+    prefetched: dict[str, tuple[CachedEntry | None, object]] = g.get("cache_prefetched", {})
+    return prefetched.pop(key, None)
 
 
 def current_read_cache() -> ReadCache | None:

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import Response, current_app, url_for
+from flask import Response, current_app, request, url_for
 from flask.views import MethodView
 
 from app.assets import service
@@ -19,13 +19,23 @@ from app.assets.schemas import (
     VersionQueryArgsSchema,
 )
 from app.auth.identity import current_identity
-from app.cache import CachedEntry, ReadCache, asset_key, current_read_cache
+from app.cache import CachedEntry, ReadCache, asset_key, current_read_cache, prefetch
 from app.http import if_match_values, not_modified
 from app.json import json_bytes
 from app.openapi import Blueprint
 from app.paging import Page
 
 blp = Blueprint("assets", __name__, url_prefix="/v1/assets", description="Versioned assets")
+
+
+@blp.before_request
+def _prefetch_single_asset() -> None:
+    # GET /v1/assets/{id}: its cache entry comes in the same round trip as the caller's.
+    if request.method == "GET" and request.endpoint == "assets.AssetById":
+        asset_id = (request.view_args or {}).get("asset_id")
+        if isinstance(asset_id, str) and "include_deleted" not in request.args:
+            prefetch(asset_key(asset_id))
+
 
 ETAG_HEADER = {"ETag": {"schema": {"type": "string"}, "description": "Entity tag of the asset"}}
 

@@ -261,3 +261,48 @@ def test_a_demotion_a_disable_and_a_logout_count_at_once(redis_app: Flask) -> No
     assert admin.get("/v1/auth/me").status_code == 200
     assert admin.post("/v1/auth/logout").status_code in (200, 204)
     assert admin.get("/v1/auth/me").status_code == 401
+
+
+def test_a_cached_authenticated_read_is_one_redis_round_trip(
+    redis_app: Flask, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Revocation, the caller's entry and the asset's come in one MGET: no database, no other
+    Redis command."""
+    client = redis_app.test_client()
+    dev = login(client, "developer-1")
+    asset_id = _register(dev)
+    for _ in range(2):  # warm
+        assert dev.get(f"/v1/assets/{asset_id}").status_code == 200
+    cache = redis_app.extensions["read_cache"]
+    store = redis_app.extensions["revocation_store"]
+    sent: list[str] = []
+    for redis_client in {id(cache.client): cache.client, id(store.client): store.client}.values():
+        original = redis_client.execute_command
+
+        def counting(*args: Any, _original: Any = original, **kwargs: Any) -> Any:
+            sent.append(str(args[0]))
+            return _original(*args, **kwargs)
+
+        monkeypatch.setattr(redis_client, "execute_command", counting)
+    queries = _count_queries(redis_app)
+    for _ in range(5):
+        response = dev.get(f"/v1/assets/{asset_id}")
+        assert response.status_code == 200 and response.get_json()["id"] == asset_id
+    assert sent == ["MGET"] * 5
+    assert queries() == 0
+
+
+def _count_queries(app: Flask) -> Any:
+    from sqlalchemy import event
+
+    from app.extensions import db
+
+    with app.app_context():
+        engine = db.engine
+    seen: list[str] = []
+
+    def count(*_: Any) -> None:
+        seen.append("q")
+
+    event.listen(engine, "before_cursor_execute", count)
+    return lambda: len(seen)
