@@ -18,7 +18,8 @@ issue 8 beside the figures:
 - ``GET /v1/assets/{id}/dependencies`` and ``/dependents`` over ``--graph-assets`` assets in
   chains of depth 50;
 - with ``--compare-mlflow``, MLflow's Model Registry on the same machine, the same database kind
-  and the same gunicorn worker count (bench/bench_mlflow.py), and the ratios.
+  and the same number of web worker processes (bench/bench_mlflow.py; MLflow 3 serves
+  with uvicorn), and the ratios.
 
 Checksum throughput next to ``openssl dgst -sha256`` is bench/bench_blobs.py (``make bench``
 runs both). Rate limiting is off here: the limits are per user, and one user sends everything.
