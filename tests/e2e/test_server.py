@@ -6,120 +6,21 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-import signal
-import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import requests
 
-from config import ENV_NAMES
-from tests.conftest import drop_pg_database, fresh_pg_database
-from tests.integration.nats_support import SHARED_NATS_URL, read_stream, require_nats
+from tests.e2e.conftest import ADMIN_PASSWORD, Server
+from tests.integration.nats_support import SHARED_NATS_URL, read_stream
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
-ADMIN_PASSWORD = "e2e-admin-password-123"
 PAGE_THROUGH = 1000
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-class Server:
-    def __init__(
-        self,
-        base: str,
-        process: subprocess.Popen[bytes],
-        workdir: Path,
-        nats: bool,
-        worker_metrics: str,
-    ) -> None:
-        self.nats = nats
-        self.worker_metrics = worker_metrics
-        self.base = base
-        self.process = process
-        self.workdir = workdir
-        self.session = requests.Session()
-
-    def login(self, username: str = "admin", password: str = ADMIN_PASSWORD) -> None:
-        response = self.session.post(
-            f"{self.base}/v1/auth/login", json={"username": username, "password": password}
-        )
-        assert response.status_code == 200, response.text
-        self.session.headers["Authorization"] = f"Bearer {response.json()['access_token']}"
-
-    def url(self, path: str) -> str:
-        return f"{self.base}{path}"
-
-
-@pytest.fixture(params=["embedded", "postgres"])
-def server(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Server]:
-    port = _free_port()
-    worker_metrics_port = _free_port()
-    database_url = None
-    env = {k: v for k, v in os.environ.items() if k not in ENV_NAMES}
-    env.update(
-        REGISTRY_ENV="development",
-        REGISTRY_ADMIN_USERNAME="admin",
-        REGISTRY_ADMIN_PASSWORD=ADMIN_PASSWORD,
-        LOG_LEVEL="INFO",
-        RATE_LIMIT_ENABLED="false",  # paging through 1,000 assets is well over 100 requests/min
-    )
-    if request.param == "postgres":
-        # Service mode for the parts that matter here: PostgreSQL, and NATS with the relay.
-        require_nats(SHARED_NATS_URL)
-        database_url = fresh_pg_database("_e2e")
-        env["DATABASE_URL"] = database_url
-        env["NATS_URL"] = SHARED_NATS_URL
-    exe = Path(sys.executable).parent / "llm-registry"
-    log = (tmp_path / "server.log").open("wb")
-    process = subprocess.Popen(
-        [str(exe), "run", "--port", str(port), "--worker-metrics-port", str(worker_metrics_port)],
-        cwd=tmp_path,
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            pytest.fail(f"server exited: {(tmp_path / 'server.log').read_text()[-3000:]}")
-        try:
-            if requests.get(f"{base}/health/live", timeout=1).status_code == 200:
-                break
-        except requests.ConnectionError:
-            time.sleep(0.2)
-    else:
-        pytest.fail("server did not come up in 60 s")
-    try:
-        yield Server(
-            base,
-            process,
-            tmp_path,
-            nats="NATS_URL" in env,
-            worker_metrics=f"http://127.0.0.1:{worker_metrics_port}/metrics",
-        )
-    finally:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            pytest.fail("server did not stop within 30 s of SIGTERM")
-        log.close()
-        if database_url:
-            drop_pg_database(database_url)
 
 
 def test_new_user_session(server: Server) -> None:
