@@ -7,7 +7,7 @@ DEVSTAMP := $(VENV)/.dev-installed
 PYTEST_ARGS ?= -n 2
 
 .DEFAULT_GOAL := help
-.PHONY: fuzz bench bench-compare bench-relay help install dev-install run serve migrate test test-fast lint format typecheck bench-blobs services lock clean
+.PHONY: fuzz bench bench-compare bench-gunicorn bench-relay help install dev-install run serve migrate test test-fast lint format typecheck bench-blobs services lock clean
 
 help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  %-12s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -66,6 +66,9 @@ bench: dev-install ## Service-mode load with wrk (reads, writes, end to end, gra
 
 bench-compare: dev-install ## The same read and write loads against MLflow's Model Registry (own venv, same machine, same run); prints the ratios
 	$(BIN)/python bench/bench_http.py --compare-mlflow $(BENCH_ARGS)
+
+bench-gunicorn: dev-install ## gunicorn processes x threads matrix: ceiling, warm GET and 202 POST per setting (SETTINGS=2x1,4x1)
+	$(BIN)/python bench/bench_gunicorn.py $${SETTINGS:+--settings $$SETTINGS}
 
 bench-relay: dev-install ## Write 5,000 events and publish them to a private NATS; print events/s
 	$(BIN)/python bench/bench_relay.py

@@ -4,6 +4,7 @@ No timing is asserted: the figures are for `make bench`, not for the test suite.
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -42,3 +43,22 @@ def test_bench_http_smoke_runs_every_load_without_errors(tmp_path: Path) -> None
     singles = result.stdout[result.stdout.index("single requests") :].split("\n\n")[0]
     for line in singles.splitlines()[1:]:
         assert line.split()[1] == "200", line
+
+
+def test_bench_gunicorn_smoke_prints_its_matrix() -> None:
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "bench_gunicorn.py"), "--smoke"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=ROOT,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    table = result.stdout[result.stdout.index("processes x threads") :].splitlines()
+    assert table[1].split()[:4] == ["2", "x", "1", "sync"], table
+    assert table[1].split()[-1] == "0", table  # no errors in any of the three loads
+    # ceiling, GET and POST: "req/s (p99 ms)" each
+    figures = re.findall(r"([\d,]+) \(\s*([\d.]+)\)", table[1])
+    assert len(figures) == 3, table
+    assert all(float(rps.replace(",", "")) > 0 and float(p99) > 0 for rps, p99 in figures), table
