@@ -15,6 +15,7 @@ from typing import Any
 import click
 
 from config import ConfigError, Settings, load_settings
+from config.celery import prepare_broker
 
 
 def _settings(config: str | None, **overrides: Any) -> Settings:
@@ -90,6 +91,7 @@ def serve(
     settings = _settings(config, server_host=host, server_port=port)
     _metrics_dir(settings, "api")  # before anything imports prometheus_client
     _bootstrap_admin(settings)
+    prepare_broker(settings)  # before the first task is sent
     serve_http(settings, workers or 2 * (os.cpu_count() or 1), threads)
 
 
@@ -205,6 +207,7 @@ def worker(
     """Run a Celery worker for the registration pipeline."""
     settings = _settings(config)
     _metrics_dir(settings, "worker")
+    prepare_broker(settings)  # before the worker declares its queues
     if metrics_port:
         os.environ["REGISTRY_WORKER_METRICS_PORT"] = str(metrics_port)
         os.environ["REGISTRY_WORKER_METRICS_HOST"] = metrics_host
@@ -262,6 +265,7 @@ def run(config: str | None, host: str | None, port: int | None, worker_metrics_p
     os.environ.setdefault("REGISTRY_ENV", "development")
     settings = _settings(config, server_host=host, server_port=port)
     migrate_database(settings)
+    prepare_broker(settings)  # once, before the API, the worker and beat share it
     username, password_note = _first_admin_for_run(settings)
     password_file = Path(settings.var_dir) / "admin-password"
     from_file = password_file.is_file() and not settings.registry_admin_password
@@ -349,6 +353,9 @@ def _supervise(commands: list[list[str]], env: dict[str, str]) -> None:
     try:
         while all(child.poll() is None for child in children):
             time.sleep(0.5)
+        for cmd, child in zip(commands, children, strict=True):
+            if child.returncode is not None:  # say who ended the run: the log shows why
+                click.echo(f"{cmd[1]} exited ({child.returncode}): stopping the others", err=True)
     finally:
         stop()
         deadline = time.monotonic() + 20

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,47 @@ def broker_url(settings: Settings) -> str:
     if settings.celery_broker_url:
         return settings.celery_broker_url
     return f"sqla+sqlite:///{Path(settings.var_dir) / 'broker.db'}"
+
+
+QUEUE_NAMES = ("registry", "registry-tests", "registry-control")
+
+
+def prepare_broker(settings: Settings, attempts: int = 10) -> None:
+    """Create the embedded SQLite broker's tables and queues before several processes use it.
+
+    kombu's SQLAlchemy transport creates them on first use, guarded only by a lock inside one
+    process: on a fresh ``broker.db`` the worker declaring its queues and the API sending its
+    first task both run ``CREATE TABLE`` and ``INSERT INTO kombu_queue``, and the loser gets
+    ``IntegrityError: UNIQUE constraint failed: kombu_queue.name``. In the worker that is an
+    "Unrecoverable error" (it exits, and ``llm-registry run`` stops everything with it); in the
+    API the task is not sent. Done here, with retries, the others find both in place.
+    """
+    url = broker_url(settings)
+    if not url.startswith("sqla+"):
+        return
+    from kombu.connection import Connection
+    from kombu.transport.sqlalchemy import Channel
+    from sqlalchemy.exc import IntegrityError, OperationalError
+
+    Path(settings.var_dir).mkdir(parents=True, exist_ok=True)
+    try:
+        for attempt in range(attempts):
+            try:
+                with Connection(url) as connection:  # type: ignore[no-untyped-call]
+                    channel = connection.default_channel
+                    for name in QUEUE_NAMES:
+                        Queue(name).bind(channel).declare()  # type: ignore[no-untyped-call]
+                return
+            except (IntegrityError, OperationalError):  # another process created it just now
+                if attempt == attempts - 1:
+                    raise
+                time.sleep(0.1 * (attempt + 1))
+    finally:
+        # kombu caches the engine per process: no pooled SQLite connection may cross the fork
+        # into gunicorn's workers.
+        for engine, _ in Channel._engines.values():
+            engine.dispose()
+        Channel._engines.clear()
 
 
 def celery_config(settings: Settings) -> dict[str, Any]:
@@ -46,7 +88,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         # also when started as `celery -A celery_app:celery worker`.
         "task_queues": [
             Queue(name)  # type: ignore[no-untyped-call]
-            for name in ("registry", "registry-tests", "registry-control")
+            for name in QUEUE_NAMES
         ],
         # Housekeeping gets a queue of its own so a dedicated worker can serve it while the
         # main fleet is busy hashing large blobs (every worker also consumes it by default).

@@ -96,18 +96,22 @@ def start_server(
         start_new_session=True,
     )
     base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            pytest.fail(f"server exited: {(workdir / 'server.log').read_text()[-3000:]}")
-        try:
-            if requests.get(f"{base}/health/live", timeout=1).status_code == 200:
-                break
-        except requests.RequestException:  # not listening yet, or too busy to answer in 1 s
-            time.sleep(0.2)
-    else:
-        pytest.fail("server did not come up in 60 s")
+
+    def log_tail() -> str:
+        return (workdir / "server.log").read_text(errors="replace")[-6000:]
+
     try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                pytest.fail(f"server exited: {log_tail()}")
+            try:
+                if requests.get(f"{base}/health/live", timeout=1).status_code == 200:
+                    break
+            except requests.RequestException:  # not listening yet, or too busy to answer in 1 s
+                time.sleep(0.2)
+        else:
+            pytest.fail(f"server did not come up in 60 s: {log_tail()}")
         yield Server(
             base,
             process,
@@ -116,27 +120,27 @@ def start_server(
             worker_metrics=f"http://127.0.0.1:{worker_metrics_port}/metrics",
         )
     finally:
+        # `llm-registry run` stops everything when one of its processes exits: if it is gone
+        # (or going) already, the test saw refused connections, and the log says why.
         died = process.poll()
-        if died is not None:
-            log.close()
-            if database_url:
-                drop_pg_database(database_url)
-            # The test failed on a refused connection; say why the server went away.
-            pytest.fail(
-                f"the server exited ({died}) during the test: "
-                f"{(workdir / 'server.log').read_text()[-6000:]}"
-            )
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=30 if kill_after is None else kill_after)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            if kill_after is None:
-                pytest.fail("server did not stop within 30 s of SIGTERM")
-            process.wait(timeout=10)
+        hung = False
+        if died is None:
+            os.killpg(process.pid, signal.SIGTERM)
+            try:
+                process.wait(timeout=30 if kill_after is None else kill_after)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait(timeout=10)
+                hung = kill_after is None
         log.close()
         if database_url:
             drop_pg_database(database_url)
+        if died is not None:
+            pytest.fail(f"the server exited ({died}) before the test ended: {log_tail()}")
+        if hung:
+            pytest.fail(f"server did not stop within 30 s of SIGTERM: {log_tail()}")
+        if kill_after is None and process.returncode != 0:
+            pytest.fail(f"the server stopped with {process.returncode}: {log_tail()}")
 
 
 @pytest.fixture(params=VARIANTS)
