@@ -126,6 +126,9 @@ def serve_http(settings: Settings, workers: int, threads: int) -> None:
             self.cfg.set("limit_request_line", 0)
             self.cfg.set("logconfig_dict", _gunicorn_logging(settings.log_level))
             self.cfg.set("child_exit", _forget_worker_metrics)
+            # gunicorn's control socket is one path per user ($HOME/.gunicorn/gunicorn.ctl):
+            # several servers on a host would take it from each other. Signals do the job.
+            self.cfg.set("control_socket_disable", True)
 
         def load(self) -> Any:
             from app import create_app

@@ -204,6 +204,7 @@ def ceiling_server(workers: int, threads: int) -> Iterator[tuple[str, int]]:
         "gthread" if threads > 1 else "sync",
         "--bind",
         f"127.0.0.1:{port}",
+        "--no-control-socket",
         "--chdir",
         str(CEILING_APP.parent),
         "ceiling:app",
