@@ -83,11 +83,23 @@ def _bootstrap_admin(settings: Settings) -> str | None:
 @click.option("--host", default=None, help="Address to bind (SERVER_HOST).")
 @click.option("--port", type=int, default=None, help="Port to bind (SERVER_PORT).")
 @click.option("--workers", type=int, default=None, help="Server processes (default: 2 x CPUs).")
-@click.option("--threads", type=int, default=4, show_default=True, help="Threads per process.")
+@click.option(
+    "--threads",
+    type=int,
+    default=1,
+    show_default=True,
+    help="Threads per process; above 1, gunicorn's gthread worker, else its sync worker.",
+)
 def serve(
     config: str | None, host: str | None, port: int | None, workers: int | None, threads: int
 ) -> None:
-    """Serve the HTTP API with gunicorn."""
+    """Serve the HTTP API with gunicorn.
+
+    The defaults (2 x CPUs sync processes) were chosen with bench/bench_gunicorn.py: on 2 cores
+    they gave the most warm reads and a write p99 as low as any of the settings tried (README,
+    "Performance"). A sync process is held by one request for its whole length: where large
+    uploads come from slow clients, put a buffering proxy in front or use --threads.
+    """
     settings = _settings(config, server_host=host, server_port=port)
     _metrics_dir(settings, "api")  # before anything imports prometheus_client
     _bootstrap_admin(settings)
@@ -290,7 +302,8 @@ def run(config: str | None, host: str | None, port: int | None, worker_metrics_p
         os.environ, SERVER_HOST=str(settings.server_host), SERVER_PORT=str(settings.server_port)
     )
     commands = [
-        [exe, "serve", "--workers", "2", *extra],
+        # Threads: one machine's transfers (a push, a pull) must not hold the whole API.
+        [exe, "serve", "--workers", "2", "--threads", "4", *extra],
         [
             exe,
             "worker",

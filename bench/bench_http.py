@@ -393,8 +393,11 @@ def registrations_end_to_end(
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--duration", type=float, default=10, help="seconds per wrk run")
-    parser.add_argument("--workers", type=int, default=2, help="gunicorn processes")
-    parser.add_argument("--threads", type=int, default=4, help="threads per gunicorn process")
+    # llm-registry serve's defaults (bench/bench_gunicorn.py chose them).
+    parser.add_argument(
+        "--workers", type=int, default=2 * (os.cpu_count() or 1), help="gunicorn processes"
+    )
+    parser.add_argument("--threads", type=int, default=1, help="threads per gunicorn process")
     parser.add_argument("--graph-assets", type=int, default=100_000)
     parser.add_argument("--list-assets", type=int, default=1_000_000)
     parser.add_argument("--registrations", type=int, default=1000, help="end-to-end count")
