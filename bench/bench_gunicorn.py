@@ -15,10 +15,7 @@ import os
 import shutil
 import sys
 import tempfile
-import time
 from pathlib import Path
-
-import requests
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_http import Registry, ceiling_server, register_lua
@@ -46,17 +43,7 @@ def measure(
     try:
         registry.start()
         auth = registry.auth
-        created = requests.post(
-            f"{registry.base}/v1/assets",
-            json={"asset_type": "model", "name": "bench/read", "version": "1.0.0"},
-            headers=auth,
-            timeout=30,
-        )
-        created.raise_for_status()
-        url = f"{registry.base}/v1/assets/{created.json()['id']}"
-        time.sleep(1)
-        for _ in range(10 * workers):  # every process's pools and the cache
-            requests.get(url, headers=auth, timeout=10)
+        url = f"{registry.base}/v1/assets/{registry.warm_asset()}"
         watch = [registry.server.pid]
         get_one, _ = best_of("GET", url, connections, duration=duration, headers=auth, watch=watch)
         post, _ = best_of(

@@ -159,6 +159,22 @@ class Registry:
         wait_http(f"{self.base}/health/live")
         self.token = self.login()
 
+    def warm_asset(self) -> str:
+        """Register a model to read back and read it until every process's pools and the
+        cache are warm; returns its id."""
+        created = requests.post(
+            f"{self.base}/v1/assets",
+            json={"asset_type": "model", "name": "bench/read", "version": "1.0.0"},
+            headers=self.auth,
+            timeout=30,
+        )
+        created.raise_for_status()
+        asset_id = str(created.json()["id"])
+        time.sleep(1)  # its job runs meanwhile; warm reads come after
+        for _ in range(10 * self.workers):
+            requests.get(f"{self.base}/v1/assets/{asset_id}", headers=self.auth, timeout=10)
+        return asset_id
+
     def login(self) -> str:
         response = requests.post(
             f"{self.base}/v1/auth/login",
@@ -430,18 +446,7 @@ def main() -> None:
         registry.start()
         watch = [registry.server.pid]
         auth = registry.auth
-        # A registered model to read back (its job runs meanwhile; warm reads come after).
-        created = requests.post(
-            f"{registry.base}/v1/assets",
-            json={"asset_type": "model", "name": "bench/read", "version": "1.0.0"},
-            headers=auth,
-            timeout=30,
-        )
-        created.raise_for_status()
-        asset_id = created.json()["id"]
-        time.sleep(1)
-        for _ in range(20):  # warm: the cache, the connection pools of every process
-            requests.get(f"{registry.base}/v1/assets/{asset_id}", headers=auth, timeout=10)
+        asset_id = registry.warm_asset()
 
         get_one, _ = best_of(
             "GET /v1/assets/{id} (auth, warm)",
