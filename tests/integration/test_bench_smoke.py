@@ -21,10 +21,10 @@ LOADS = (
 )
 
 
-def test_bench_http_smoke_runs_every_load_without_errors(tmp_path: Path) -> None:
-    figures_file = tmp_path / "figures.json"
+def _smoke(script: str, *args: str) -> str:
+    """Run ``bench/<script> --smoke ARGS``; its standard output, once it exited 0."""
     result = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "bench_http.py"), "--smoke", "--json", figures_file],
+        [sys.executable, str(ROOT / "bench" / script), "--smoke", *args],
         capture_output=True,
         text=True,
         timeout=300,
@@ -32,6 +32,12 @@ def test_bench_http_smoke_runs_every_load_without_errors(tmp_path: Path) -> None
         check=False,
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result.stdout
+
+
+def test_bench_http_smoke_runs_every_load_without_errors(tmp_path: Path) -> None:
+    figures_file = tmp_path / "figures.json"
+    stdout = _smoke("bench_http.py", "--json", str(figures_file))
     figures = json.loads(figures_file.read_text())
     for load in LOADS:
         name = next((n for n in figures if n.startswith(load)), None)
@@ -39,23 +45,15 @@ def test_bench_http_smoke_runs_every_load_without_errors(tmp_path: Path) -> None
         # Every request was answered as the load expects (2xx; end to end: every asset active).
         assert figures[name]["errors"] == 0, (name, figures[name])
         assert figures[name]["requests"] > 0 and figures[name]["rps"] > 0, (name, figures[name])
-        assert name in result.stdout  # the table shows it
-    singles = result.stdout[result.stdout.index("single requests") :].split("\n\n")[0]
+        assert name in stdout  # the table shows it
+    singles = stdout[stdout.index("single requests") :].split("\n\n")[0]
     for line in singles.splitlines()[1:]:
         assert line.split()[1] == "200", line
 
 
 def test_bench_gunicorn_smoke_prints_its_matrix() -> None:
-    result = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "bench_gunicorn.py"), "--smoke"],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        cwd=ROOT,
-        check=False,
-    )
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    table = result.stdout[result.stdout.index("processes x threads") :].splitlines()
+    stdout = _smoke("bench_gunicorn.py")
+    table = stdout[stdout.index("processes x threads") :].splitlines()
     assert table[1].split()[:4] == ["2", "x", "1", "sync"], table
     assert table[1].split()[-1] == "0", table  # no errors in any of the three loads
     # ceiling, GET and POST: "req/s (p99 ms)" each
