@@ -151,7 +151,10 @@ def _revoked_and_user(family: str, user_id: str) -> tuple[bool, _UserState | Non
     if revoked:
         return True, None
     if entry is not None:
-        return False, _UserState(**orjson.loads(entry.body))
+        try:
+            return False, _UserState(**orjson.loads(entry.body))
+        except (TypeError, ValueError):  # written by another version of the code: read the row
+            log.warning("cache: unreadable entry for %s, reading the user from the database", key)
     user = db.session.get(User, user_id)
     if user is None:
         return False, None

@@ -263,6 +263,21 @@ def test_a_demotion_a_disable_and_a_logout_count_at_once(redis_app: Flask) -> No
     assert admin.get("/v1/auth/me").status_code == 401
 
 
+def test_a_user_entry_of_another_shape_is_read_from_the_database(redis_app: Flask) -> None:
+    """An entry written by another version of the code (a rolling deploy) is not a 500: the
+    user is read from the database and the request answered."""
+    client = redis_app.test_client()
+    dev = login(client, "developer-1")
+    assert dev.get("/v1/auth/me").status_code == 200  # the entry is cached now
+    cache = redis_app.extensions["read_cache"]
+    key = f"{cache.prefix}user:{dev.user['id']}"
+    epoch, _, _old = cache.client.get(key).partition(b"\n")
+    cache.client.set(key, epoch + b"\n" + b'"etag"\n{"name": "developer-1", "groups": []}')
+    me = dev.get("/v1/auth/me")
+    assert me.status_code == 200, me.get_json()
+    assert me.get_json()["roles"] == ["developer"]
+
+
 def test_a_cached_authenticated_read_is_one_redis_round_trip(
     redis_app: Flask, monkeypatch: pytest.MonkeyPatch
 ) -> None:
