@@ -144,9 +144,9 @@ def keyset_predicate(keys: Sequence[SortKey], values: Sequence[Any]) -> ColumnEl
 def order_by(keys: Sequence[SortKey]) -> list[Any]:
     terms: list[Any] = []
     for key in keys:
-        if key.nullable:
-            terms.append(key.expression.is_(None).asc())
-        terms.append(key.expression.desc() if key.descending else key.expression.asc())
+        term = key.expression.desc() if key.descending else key.expression.asc()
+        # NULLS LAST (SQLite >= 3.30 and PostgreSQL): the order of the indexes on those keys.
+        terms.append(term.nulls_last() if key.nullable else term)
     return terms
 
 
@@ -158,13 +158,18 @@ def paginate(
     limit: int,
     cursor: str | None,
     bound_to: Mapping[str, Any],
+    total: int | None = None,
 ) -> Page[Any]:
-    """One page of ``stmt`` (already filtered) in ``keys`` order, plus the filtered total.
+    """One page of ``stmt`` (already filtered) in ``keys`` order, plus the filtered total
+    (counted here unless the caller knows it).
 
     The last key must be unique (the id) so that the order is total.
     """
     binding = fingerprint(bound_to)
-    total = session.scalar(select(func.count()).select_from(stmt.order_by(None).subquery())) or 0
+    if total is None:
+        total = (
+            session.scalar(select(func.count()).select_from(stmt.order_by(None).subquery())) or 0
+        )
     page_stmt = stmt
     if cursor:
         page_stmt = page_stmt.where(keyset_predicate(keys, decode_cursor(cursor, keys, binding)))

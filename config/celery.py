@@ -95,10 +95,12 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_routes": {
             "registry.jobs.requeue_stale": {"queue": "registry-control"},
             "registry.compliance.schedule_scan": {"queue": "registry-control"},
+            "registry.stats.fold_counts": {"queue": "registry-control"},
         },
-        "include": ["workers.registration", "workers.compliance"],
+        "include": ["workers.registration", "workers.compliance", "workers.stats"],
         "beat_schedule": {
             "requeue-stale-jobs": {"task": "registry.jobs.requeue_stale", "schedule": 30.0},
+            "fold-counts": {"task": "registry.stats.fold_counts", "schedule": 10.0},
             "compliance-scan": {
                 "task": "registry.compliance.schedule_scan",
                 "schedule": float(settings.compliance_scan_interval_seconds),

@@ -89,6 +89,11 @@ def run_migrations_online():
     if conf_args.get("process_revision_directives") is None:
         conf_args["process_revision_directives"] = process_revision_directives
 
+    if conf_args.get("include_object") is None:
+        from app.assets.models import include_in_autogenerate
+
+        conf_args["include_object"] = include_in_autogenerate
+
     connectable = get_engine()
 
     with connectable.connect() as connection:

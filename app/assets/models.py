@@ -15,6 +15,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
@@ -25,6 +26,17 @@ GOVERNANCE_TYPES = ("policy", "test_suite")  # need policy:write
 STATUSES = ("pending", "validating", "active", "rejected", "deprecated", "archived")
 COMPLIANCE_STATUSES = ("compliant", "warning", "non_compliant", "unknown")
 CHECKSUM_ALGORITHMS = ("SHA256", "SHA3_256", "BLAKE3")
+LIVE = text("deleted_at IS NULL")  # not soft-deleted: what reads and lists show
+# Made by migration 0007 on PostgreSQL only (an ordering SQLite indexes cannot declare, and
+# pg_trgm GIN indexes on expressions): autogenerate leaves them alone (migrations/env.py).
+PG_ONLY_INDEXES = frozenset(
+    {"ix_assets_size_bytes_desc_id", "ix_assets_name_trgm", "ix_assets_description_trgm"}
+)
+
+
+def include_in_autogenerate(obj: Any, name: str | None, type_: str, *_: Any) -> bool:
+    """Alembic's ``include_object``: everything but the PostgreSQL-only indexes."""
+    return not (type_ == "index" and name in PG_ONLY_INDEXES)
 
 
 class AssetName(Base):
@@ -53,6 +65,23 @@ class Asset(Base):
         Index("ix_assets_compliance_status_created_at", "compliance_status", "created_at"),
         Index("ix_assets_provenance_author", "provenance_author"),
         Index("ix_assets_created_by", "created_by"),
+        # Counts and filters over live assets (the lists' totals); on PostgreSQL migration 0007
+        # also adds (size_bytes DESC NULLS LAST, id DESC) and trigram indexes for ``q``.
+        Index(
+            "ix_assets_live_type_status_compliance",
+            "asset_type",
+            "status",
+            "compliance_status",
+            postgresql_where=LIVE,
+            sqlite_where=LIVE,
+        ),
+        Index(
+            "ix_assets_live_author_type",
+            "provenance_author",
+            "asset_type",
+            postgresql_where=LIVE,
+            sqlite_where=LIVE,
+        ),
     )
 
     id: Mapped[str] = mapped_column(String(26), primary_key=True, default=new_id)

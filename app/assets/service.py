@@ -11,7 +11,7 @@ import datetime as dt
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from sqlalchemy import Select, and_, exists, func, or_, select
+from sqlalchemy import Select, and_, exists, func, literal_column, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm.exc import StaleDataError
 
@@ -33,7 +33,7 @@ from app.assets.models import (
 from app.assets.semver import parse_version, sort_key, without_build
 from app.auth.identity import Identity
 from app.context import request_id_var
-from app.db import DbSession, insert_ignoring_conflicts, utcnow
+from app.db import DbSession, insert_ignoring_conflicts, new_id, utcnow
 from app.errors import (
     ConflictError,
     ForbiddenError,
@@ -46,6 +46,7 @@ from app.extensions import db
 from app.jobs.models import REGISTRATION_STEPS, Job, JobStep
 from app.jobs.queue import RUN_REGISTRATION, enqueue_after_commit
 from app.paging import Page, SortKey, paginate
+from app.stats.service import live_asset_total
 from app.storage import BlobStore, StorageError, digest_key
 
 # PATCH status transitions: current -> allowed targets.
@@ -96,11 +97,14 @@ def _check_content(data: Mapping[str, Any], store: BlobStore) -> None:
 
 
 def _claim_name(session: DbSession, name: str, asset_type: str) -> None:
-    """Pin the name to its first type; a concurrent first registration waits on the row."""
-    insert_ignoring_conflicts(
-        session, AssetName, ["name"], name=name, asset_type=asset_type, created_at=utcnow()
-    )
+    """Pin the name to its first type; a concurrent first registration waits on the row.
+    A name already pinned (every version after the first) costs one read."""
     existing = session.scalar(select(AssetName.asset_type).where(AssetName.name == name))
+    if existing is None:
+        insert_ignoring_conflicts(
+            session, AssetName, ["name"], name=name, asset_type=asset_type, created_at=utcnow()
+        )
+        existing = session.scalar(select(AssetName.asset_type).where(AssetName.name == name))
     if existing != asset_type:
         raise AssetTypeMismatchError(name, str(existing), asset_type)
 
@@ -130,13 +134,15 @@ def register_asset(data: Mapping[str, Any], actor: Identity, store: BlobStore) -
     name = data["name"]
     try:
         _claim_name(session, name, data["asset_type"])
-        duplicate = _visible_duplicate_id(session, name, key, actor)
-        if duplicate is not None:
-            raise AssetAlreadyExistsError(name, data["version"], duplicate or None)
+        # A taken (name, version) is refused by the unique constraint at the flush below (the
+        # IntegrityError branch answers 409), not looked up first: one round trip less.
         now = utcnow()
         checksum = data.get("checksum") or {}
         provenance = _provenance_document(data.get("provenance"))
+        # Ids made here, so the asset, its job and the event go to the database in the one
+        # flush at commit.
         asset = Asset(
+            id=new_id(),
             asset_type=data["asset_type"],
             name=name,
             version=str(version),
@@ -163,8 +169,8 @@ def register_asset(data: Mapping[str, Any], actor: Identity, store: BlobStore) -
         asset.tag_rows = [AssetTag(tag=t, position=i) for i, t in enumerate(data["tags"])]
         asset.dependency_rows = _dependency_rows(session, data["dependencies"])
         session.add(asset)
-        session.flush()
         job = Job(
+            id=new_id(),
             kind="registration",
             asset_id=asset.id,
             status="queued",
@@ -175,7 +181,6 @@ def register_asset(data: Mapping[str, Any], actor: Identity, store: BlobStore) -
         )
         job.steps = [JobStep(position=i, name=n) for i, n in enumerate(REGISTRATION_STEPS)]
         session.add(job)
-        session.flush()
         enqueue_after_commit(session(), RUN_REGISTRATION, [job.id])
         record_event(
             session,
@@ -289,6 +294,11 @@ def _escape_like(text: str) -> str:
     return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
 
+# The list filters the live counts answer (any other filter, deleted ones included: COUNT).
+_COUNTED_FILTERS = frozenset({"asset_type", "status"})
+_NOT_FILTERS = frozenset({"sort", "order", "limit", "cursor"})
+
+
 def list_assets(args: Mapping[str, Any], actor: Identity) -> Page[Asset]:
     """A filtered, sorted page of assets (``GET /v1/assets``). Deleted ones only for admins who
     ask with ``include_deleted``."""
@@ -313,7 +323,10 @@ def list_assets(args: Mapping[str, Any], actor: Identity) -> Page[Asset]:
         stmt = stmt.where(
             or_(
                 func.lower(Asset.name).like(pattern, escape="\\"),
-                func.lower(func.coalesce(Asset.description, "")).like(pattern, escape="\\"),
+                # '' as a literal: the expression of PostgreSQL's trigram index (0007).
+                func.lower(func.coalesce(Asset.description, literal_column("''"))).like(
+                    pattern, escape="\\"
+                ),
             )
         )
     if args.get("created_after"):
@@ -326,6 +339,11 @@ def list_assets(args: Mapping[str, Any], actor: Identity) -> Page[Asset]:
     bound["order"] = order
     if bound.get("tag"):
         bound["tag"] = sorted(set(bound["tag"]))  # the same filter however the tags are listed
+    total = None
+    if {k for k, v in args.items() if v and k not in _NOT_FILTERS} <= _COUNTED_FILTERS:
+        # Filtered by type and/or status only (or nothing): the trigger-kept counts know the
+        # total, which on a large table saves counting up to every row.
+        total = live_asset_total(db.session, args.get("asset_type"), args.get("status"))
     return paginate(
         db.session,
         stmt,
@@ -333,6 +351,7 @@ def list_assets(args: Mapping[str, Any], actor: Identity) -> Page[Asset]:
         limit=args["limit"],
         cursor=args.get("cursor"),
         bound_to=bound,
+        total=total,
     )
 
 

@@ -87,8 +87,19 @@ def assign_sequence(session: Session, rows: Sequence[Event]) -> None:
     """Give ``rows`` (flushed, in this order) the next feed positions; called just before the
     commit, holding the event commit lock until the transaction ends."""
     connection = session.connection()
+    table = Event.__table__
+    assert isinstance(table, Table)
     if connection.dialect.name == "postgresql":
         connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": EVENT_COMMIT_LOCK})
+        if len(rows) == 1:  # the common case: one statement under the lock
+            number = connection.execute(
+                update(table)
+                .where(table.c.id == rows[0].id)
+                .values(seq=func.nextval("events_seq"))
+                .returning(table.c.seq)
+            ).scalar_one()
+            set_committed_value(rows[0], "seq", number)
+            return
         numbers = sorted(
             connection.execute(
                 text("SELECT nextval('events_seq') FROM generate_series(1, :n)"),
@@ -98,8 +109,6 @@ def assign_sequence(session: Session, rows: Sequence[Event]) -> None:
     else:  # SQLite: this transaction already holds the database's only write lock
         start = connection.execute(select(func.max(Event.seq))).scalar_one() or 0
         numbers = list(range(start + 1, start + 1 + len(rows)))
-    table = Event.__table__
-    assert isinstance(table, Table)
     connection.execute(
         update(table).where(table.c.id == bindparam("event_id")).values(seq=bindparam("number")),
         [{"event_id": row.id, "number": n} for row, n in zip(rows, numbers, strict=True)],

@@ -2,18 +2,19 @@
 
 from __future__ import annotations
 
-from sqlalchemy import delete, func, select
+from sqlalchemy import delete, func, select, text
 from sqlalchemy.dialects import postgresql, sqlite
 
 from app.db import DbSession
 from app.stats.models import StatusCount, StatusCountDelta
 
 FOLD_AFTER = 10_000  # deltas; folding is a short transaction of its own
+LIVE_ASSETS = "asset_live"  # entity of the counts of live assets (migration 0007)
 
 
 def read_status_counts(session: DbSession) -> dict[tuple[str, str, str], int]:
-    """{(entity, kind, status): count} for assets and jobs, exact as of the read. Folds the
-    delta rows into the totals when they have piled up (at most a few thousand rows read)."""
+    """{(entity, kind, status): count} for assets (deleted ones included) and jobs, exact as of
+    the read. Folds the delta rows into the totals when they have piled up."""
     key = (StatusCount.entity, StatusCount.kind, StatusCount.status)
     totals = {(e, k, s): n for e, k, s, n in session.execute(select(*key, StatusCount.n))}
     pending = 0
@@ -30,13 +31,52 @@ def read_status_counts(session: DbSession) -> dict[tuple[str, str, str], int]:
         pending += int(rows)
     if pending >= FOLD_AFTER:
         fold_deltas(session)
-    return {key: n for key, n in totals.items() if n}
+    return {key: n for key, n in totals.items() if n and key[0] != LIVE_ASSETS}
+
+
+def live_asset_total(
+    session: DbSession, asset_type: str | None = None, status: str | None = None
+) -> int:
+    """How many live (not deleted) assets have this type and/or status, exact as of the read,
+    from the trigger-kept counts (migration 0007): what a list filtered by nothing else
+    reports as ``total`` without counting rows. Folds the deltas when they have piled up."""
+    counted, pending = [], []
+    for column, delta_column, value in (
+        (StatusCount.kind, StatusCountDelta.kind, asset_type),
+        (StatusCount.status, StatusCountDelta.status, status),
+    ):
+        if value is not None:
+            counted.append(column == value)
+            pending.append(delta_column == value)
+    folded = select(func.coalesce(func.sum(StatusCount.n), 0)).where(
+        StatusCount.entity == LIVE_ASSETS, *counted
+    )
+    deltas = select(func.coalesce(func.sum(StatusCountDelta.delta), 0), func.count()).where(
+        StatusCountDelta.entity == LIVE_ASSETS, *pending
+    )
+    row = session.execute(select(folded.scalar_subquery(), *deltas.subquery().c)).one()
+    if row[2] >= FOLD_AFTER:  # beat folds every few seconds; this is the fallback
+        fold_deltas(session)
+    return int(row[0]) + int(row[1])
 
 
 def fold_deltas(session: DbSession) -> None:
     """Move the delta rows into ``status_counts``; commits. Safe to run concurrently: each delta
     row is deleted, and so counted, by exactly one folder."""
     is_pg = session.get_bind().dialect.name == "postgresql"
+    if is_pg:  # one statement, however many rows a bulk load left
+        session.execute(
+            text(
+                "WITH moved AS (DELETE FROM status_count_deltas "
+                "RETURNING entity, kind, status, delta) "
+                "INSERT INTO status_counts AS c (entity, kind, status, n) "
+                "SELECT entity, kind, status, sum(delta) FROM moved "
+                "GROUP BY entity, kind, status "
+                "ON CONFLICT (entity, kind, status) DO UPDATE SET n = c.n + excluded.n"
+            )
+        )
+        session.commit()
+        return
     moved = session.execute(
         delete(StatusCountDelta).returning(
             StatusCountDelta.entity,

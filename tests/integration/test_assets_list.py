@@ -10,10 +10,11 @@ import random
 from typing import Any
 
 import pytest
-from sqlalchemy import update
+from sqlalchemy import delete, update
 
 from app.assets.models import Asset
 from app.extensions import db
+from app.jobs.models import Job
 from tests.helpers import problem
 
 
@@ -386,3 +387,41 @@ def test_tampered_cursor_values_are_400_not_500(dev, value):
     forged = base64.urlsafe_b64encode(json.dumps(payload).encode()).decode().rstrip("=")
     response = dev.get("/v1/assets", query_string={"sort": "size_bytes", "cursor": forged})
     problem(response, 400, "INVALID_INPUT")
+
+
+# ---- totals ----------------------------------------------------------------------------------
+
+
+def _totals_match_the_rows(api: Any) -> None:
+    """Every list the live counts answer (by type and/or status, or none) reports as total
+    exactly the items it pages through (all_pages checks total against what it saw)."""
+    for asset_type in (None, "model", "dataset"):
+        for status in (None, "pending", "active", "deprecated"):
+            query = {k: v for k, v in (("asset_type", asset_type), ("status", status)) if v}
+            all_pages(api, limit=4, **query)
+
+
+def test_totals_from_the_live_counts_follow_every_change(dev, admin):
+    from app.stats.service import fold_deltas
+
+    made = [register(dev, f"t{i}", asset_type=("model", "dataset")[i % 2]) for i in range(9)]
+    _totals_match_the_rows(dev)
+    set_columns(made[0], status="active")
+    set_columns(made[1], status="active")
+    set_columns(made[2], status="active", asset_type="dataset")
+    _totals_match_the_rows(dev)
+    assert dev.patch(f"/v1/assets/{made[0]}", json={"status": "deprecated"}).status_code == 200
+    assert dev.delete(f"/v1/assets/{made[3]}").status_code == 204
+    assert dev.delete(f"/v1/assets/{made[1]}").status_code == 204
+    _totals_match_the_rows(dev)
+    fold_deltas(db.session)
+    _totals_match_the_rows(dev)
+    set_columns(made[3], deleted_at=None)  # what an operator's undelete would do
+    # A hard delete, as a purge would do (its job's steps go with the job).
+    db.session.execute(delete(Job).where(Job.asset_id == made[4]))
+    db.session.execute(delete(Asset).where(Asset.id == made[4]))
+    db.session.commit()
+    _totals_match_the_rows(dev)
+    assert listing(dev, status="active")["total"] == 1
+    assert listing(dev)["total"] == 7
+    assert listing(admin, include_deleted="true")["total"] == 8
