@@ -3,7 +3,8 @@
 Called by ``workers/registration.py`` with a job id. A job is claimed with a conditional update
 and a lease that the worker renews while it works; a job whose worker died is taken over once
 the lease is stale. Steps that already finished are not run again, so running a job twice gives
-the same verdict. Each step commits its own result so clients see progress.
+the same verdict. Each step commits its start (with the result of the step before it) so
+clients see progress.
 """
 
 from __future__ import annotations
@@ -209,10 +210,11 @@ def run_registration(
     if asset is None or asset.deleted_at is not None:
         fail_job(job_id, "INTERNAL_ERROR", "the asset was deleted before it was validated", worker)
         return
-    if asset.status == "pending":
+    if asset.status == "pending":  # committed with the first step's start
         asset.status = "validating"
         asset.updated_at = utcnow()
-        db.session.commit()
+    # One commit per step: a step's result goes in with the next step's start (or with the
+    # verdict), so a step never runs while the one before it is still uncommitted.
     for step in job.steps:
         if step.status in ("passed", "skipped", "failed"):
             continue  # done by an earlier attempt
@@ -235,8 +237,6 @@ def run_registration(
             _reject(job, asset, step, result, context)
             return
         _finish_step(step, result, asset.id)
-        context.hold()
-        db.session.commit()
     verdict = activate(asset, context)
     if verdict is not None:
         step = next(s for s in job.steps if s.name == "dependencies")
