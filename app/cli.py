@@ -141,6 +141,7 @@ def serve_http(settings: Settings, workers: int, threads: int) -> None:
             # gunicorn's control socket is one path per user ($HOME/.gunicorn/gunicorn.ctl):
             # several servers on a host would take it from each other. Signals do the job.
             self.cfg.set("control_socket_disable", True)
+            self.cfg.set("post_worker_init", _freeze_startup_objects)
 
         def load(self) -> Any:
             from app import create_app
@@ -148,6 +149,16 @@ def serve_http(settings: Settings, workers: int, threads: int) -> None:
             return create_app(settings)
 
     Server().run()
+
+
+def _freeze_startup_objects(_worker: Any) -> None:
+    """Once the worker has built the app: its objects (models, schemas, routes, SQLAlchemy's
+    caches) leave the garbage collector's generations, so that a full collection during a
+    request walks only what requests made (bench/bench_http.py: fewer p99 outliers)."""
+    import gc
+
+    gc.collect()
+    gc.freeze()
 
 
 def _forget_worker_metrics(_server: Any, worker: Any) -> None:

@@ -295,7 +295,7 @@ def _escape_like(text: str) -> str:
 
 
 # The list filters the live counts answer (any other filter, deleted ones included: COUNT).
-_COUNTED_FILTERS = frozenset({"asset_type", "status"})
+_COUNTED_FILTERS = frozenset({"asset_type", "status", "compliance"})
 _NOT_FILTERS = frozenset({"sort", "order", "limit", "cursor"})
 
 
@@ -341,9 +341,11 @@ def list_assets(args: Mapping[str, Any], actor: Identity) -> Page[Asset]:
         bound["tag"] = sorted(set(bound["tag"]))  # the same filter however the tags are listed
     total = None
     if {k for k, v in args.items() if v and k not in _NOT_FILTERS} <= _COUNTED_FILTERS:
-        # Filtered by type and/or status only (or nothing): the trigger-kept counts know the
-        # total, which on a large table saves counting up to every row.
-        total = live_asset_total(db.session, args.get("asset_type"), args.get("status"))
+        # Filtered by type, status or compliance only (or nothing): the trigger-kept counts
+        # know the total, which on a large table saves counting up to every row.
+        total = live_asset_total(
+            db.session, args.get("asset_type"), args.get("status"), args.get("compliance")
+        )
     return paginate(
         db.session,
         stmt,

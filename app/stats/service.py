@@ -9,7 +9,10 @@ from app.db import DbSession
 from app.stats.models import StatusCount, StatusCountDelta
 
 FOLD_AFTER = 10_000  # deltas; folding is a short transaction of its own
-LIVE_ASSETS = "asset_live"  # entity of the counts of live assets (migration 0007)
+# Entities of the counts of live assets (migration 0007): by type and status, by type and
+# compliance.
+LIVE_ASSETS, LIVE_COMPLIANCE = "asset_live", "live_compliance"
+METRIC_ENTITIES = ("asset", "job")  # what /metrics reports (all assets, deleted ones included)
 
 
 def read_status_counts(session: DbSession) -> dict[tuple[str, str, str], int]:
@@ -31,28 +34,35 @@ def read_status_counts(session: DbSession) -> dict[tuple[str, str, str], int]:
         pending += int(rows)
     if pending >= FOLD_AFTER:
         fold_deltas(session)
-    return {key: n for key, n in totals.items() if n and key[0] != LIVE_ASSETS}
+    return {key: n for key, n in totals.items() if n and key[0] in METRIC_ENTITIES}
 
 
 def live_asset_total(
-    session: DbSession, asset_type: str | None = None, status: str | None = None
-) -> int:
-    """How many live (not deleted) assets have this type and/or status, exact as of the read,
-    from the trigger-kept counts (migration 0007): what a list filtered by nothing else
-    reports as ``total`` without counting rows. Folds the deltas when they have piled up."""
-    counted, pending = [], []
-    for column, delta_column, value in (
-        (StatusCount.kind, StatusCountDelta.kind, asset_type),
-        (StatusCount.status, StatusCountDelta.status, status),
-    ):
-        if value is not None:
-            counted.append(column == value)
-            pending.append(delta_column == value)
-    folded = select(func.coalesce(func.sum(StatusCount.n), 0)).where(
-        StatusCount.entity == LIVE_ASSETS, *counted
+    session: DbSession,
+    asset_type: str | None = None,
+    status: str | None = None,
+    compliance: str | None = None,
+) -> int | None:
+    """How many live (not deleted) assets have this type, status and/or compliance, exact as of
+    the read, from the trigger-kept counts (migration 0007): what a list filtered by nothing
+    else reports as ``total`` without counting rows. None for status and compliance together
+    (the counts are by type and one of them). Folds the deltas when they have piled up."""
+    if status is not None and compliance is not None:
+        return None
+    entity, value = (
+        (LIVE_COMPLIANCE, compliance) if compliance is not None else (LIVE_ASSETS, status)
     )
+    counted, pending = [StatusCount.entity == entity], [StatusCountDelta.entity == entity]
+    for column, delta_column, wanted in (
+        (StatusCount.kind, StatusCountDelta.kind, asset_type),
+        (StatusCount.status, StatusCountDelta.status, value),
+    ):
+        if wanted is not None:
+            counted.append(column == wanted)
+            pending.append(delta_column == wanted)
+    folded = select(func.coalesce(func.sum(StatusCount.n), 0)).where(*counted)
     deltas = select(func.coalesce(func.sum(StatusCountDelta.delta), 0), func.count()).where(
-        StatusCountDelta.entity == LIVE_ASSETS, *pending
+        *pending
     )
     row = session.execute(select(folded.scalar_subquery(), *deltas.subquery().c)).one()
     if row[2] >= FOLD_AFTER:  # beat folds every few seconds; this is the fallback

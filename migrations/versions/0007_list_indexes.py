@@ -1,6 +1,6 @@
-"""asset lists at scale: live counts by type and status for list totals (trigger-kept deltas, as
-in 0006), a partial index for the counts it does not cover, the size sort descending, the author
-filter, and trigram indexes for ``q`` on PostgreSQL
+"""asset lists at scale: live counts by type and status and by type and compliance for list
+totals (trigger-kept deltas, as in 0006), a partial index for the counts they do not cover, the
+size sort descending, the author filter, and trigram indexes for ``q`` on PostgreSQL
 
 Revision ID: 0007
 Revises: 0006
@@ -17,11 +17,15 @@ branch_labels = None
 depends_on = None
 
 LIVE = sa.text("deleted_at IS NULL")
-# What a live asset adds to, or takes from, the counts (entity "asset_live").
-_DELTA = (
-    "INSERT INTO status_count_deltas (entity, kind, status, delta) "
-    "VALUES ('asset_live', {row}.asset_type, {row}.status, {delta});"
-)
+# Live (not deleted) assets counted by type and one more column: entity -> column.
+LIVE_COUNTS = (("asset_live", "status"), ("live_compliance", "compliance_status"))
+
+
+def _delta(entity, column, row, delta):
+    return (
+        "INSERT INTO status_count_deltas (entity, kind, status, delta) "
+        f"VALUES ('{entity}', {row}.asset_type, {row}.{column}, {delta});"
+    )
 
 
 def upgrade():
@@ -41,13 +45,14 @@ def upgrade():
         postgresql_where=LIVE,
         sqlite_where=LIVE,
     )
-    bind.execute(
-        sa.text(
-            "INSERT INTO status_counts (entity, kind, status, n) "
-            "SELECT 'asset_live', asset_type, status, count(*) FROM assets "
-            "WHERE deleted_at IS NULL GROUP BY asset_type, status"
+    for entity, column in LIVE_COUNTS:
+        bind.execute(
+            sa.text(
+                "INSERT INTO status_counts (entity, kind, status, n) "  # noqa: S608
+                f"SELECT '{entity}', asset_type, {column}, count(*) FROM assets "
+                f"WHERE deleted_at IS NULL GROUP BY asset_type, {column}"
+            )
         )
-    )
     if bind.dialect.name == "postgresql":
         _pg_upgrade()
     else:
@@ -66,72 +71,77 @@ def _pg_upgrade():
         "CREATE INDEX ix_assets_description_trgm ON assets "
         "USING gin (lower(coalesce(description, '')) gin_trgm_ops)"
     )
-    minus, plus = _DELTA.format(row="OLD", delta=-1), _DELTA.format(row="NEW", delta=1)
-    op.execute(
-        f"""
-        CREATE FUNCTION assets_live_count() RETURNS trigger AS $$
-        BEGIN
-            IF TG_OP IN ('UPDATE', 'DELETE') AND OLD.deleted_at IS NULL THEN
-                {minus}
-            END IF;
-            IF TG_OP IN ('INSERT', 'UPDATE') AND NEW.deleted_at IS NULL THEN
-                {plus}
-            END IF;
-            RETURN NULL;
-        END
-        $$ LANGUAGE plpgsql
-        """
-    )
-    op.execute(
-        "CREATE TRIGGER assets_live_count_insert_delete AFTER INSERT OR DELETE ON assets "
-        "FOR EACH ROW EXECUTE FUNCTION assets_live_count()"
-    )
-    op.execute(
-        "CREATE TRIGGER assets_live_count_update AFTER UPDATE OF status, asset_type, deleted_at "
-        "ON assets FOR EACH ROW WHEN (OLD.status IS DISTINCT FROM NEW.status "
-        "OR OLD.asset_type IS DISTINCT FROM NEW.asset_type "
-        "OR (OLD.deleted_at IS NULL) IS DISTINCT FROM (NEW.deleted_at IS NULL)) "
-        "EXECUTE FUNCTION assets_live_count()"
-    )
+    for entity, column in LIVE_COUNTS:
+        minus, plus = _delta(entity, column, "OLD", -1), _delta(entity, column, "NEW", 1)
+        op.execute(
+            f"""
+            CREATE FUNCTION {entity}_count() RETURNS trigger AS $$
+            BEGIN
+                IF TG_OP IN ('UPDATE', 'DELETE') AND OLD.deleted_at IS NULL THEN
+                    {minus}
+                END IF;
+                IF TG_OP IN ('INSERT', 'UPDATE') AND NEW.deleted_at IS NULL THEN
+                    {plus}
+                END IF;
+                RETURN NULL;
+            END
+            $$ LANGUAGE plpgsql
+            """
+        )
+        op.execute(
+            f"CREATE TRIGGER {entity}_count_insert_delete AFTER INSERT OR DELETE ON assets "
+            f"FOR EACH ROW EXECUTE FUNCTION {entity}_count()"
+        )
+        op.execute(
+            f"CREATE TRIGGER {entity}_count_update AFTER UPDATE OF {column}, asset_type, "
+            f"deleted_at ON assets FOR EACH ROW WHEN (OLD.{column} IS DISTINCT FROM "
+            f"NEW.{column} OR OLD.asset_type IS DISTINCT FROM NEW.asset_type "
+            "OR (OLD.deleted_at IS NULL) IS DISTINCT FROM (NEW.deleted_at IS NULL)) "
+            f"EXECUTE FUNCTION {entity}_count()"
+        )
 
 
 def _sqlite_upgrade():
-    minus, plus = _DELTA.format(row="OLD", delta=-1), _DELTA.format(row="NEW", delta=1)
-    op.execute(
-        "CREATE TRIGGER assets_live_count_insert AFTER INSERT ON assets "
-        f"WHEN NEW.deleted_at IS NULL BEGIN {plus} END"
-    )
-    op.execute(
-        "CREATE TRIGGER assets_live_count_delete AFTER DELETE ON assets "
-        f"WHEN OLD.deleted_at IS NULL BEGIN {minus} END"
-    )
-    changed = (
-        "(OLD.status IS NOT NEW.status OR OLD.asset_type IS NOT NEW.asset_type "
-        "OR (OLD.deleted_at IS NULL) IS NOT (NEW.deleted_at IS NULL))"
-    )
-    op.execute(
-        "CREATE TRIGGER assets_live_count_update_old AFTER UPDATE OF status, asset_type, "
-        f"deleted_at ON assets WHEN {changed} AND OLD.deleted_at IS NULL BEGIN {minus} END"
-    )
-    op.execute(
-        "CREATE TRIGGER assets_live_count_update_new AFTER UPDATE OF status, asset_type, "
-        f"deleted_at ON assets WHEN {changed} AND NEW.deleted_at IS NULL BEGIN {plus} END"
-    )
+    for entity, column in LIVE_COUNTS:
+        minus, plus = _delta(entity, column, "OLD", -1), _delta(entity, column, "NEW", 1)
+        op.execute(
+            f"CREATE TRIGGER {entity}_count_insert AFTER INSERT ON assets "
+            f"WHEN NEW.deleted_at IS NULL BEGIN {plus} END"
+        )
+        op.execute(
+            f"CREATE TRIGGER {entity}_count_delete AFTER DELETE ON assets "
+            f"WHEN OLD.deleted_at IS NULL BEGIN {minus} END"
+        )
+        changed = (
+            f"(OLD.{column} IS NOT NEW.{column} OR OLD.asset_type IS NOT NEW.asset_type "
+            "OR (OLD.deleted_at IS NULL) IS NOT (NEW.deleted_at IS NULL))"
+        )
+        on = f"AFTER UPDATE OF {column}, asset_type, deleted_at ON assets WHEN {changed}"
+        op.execute(
+            f"CREATE TRIGGER {entity}_count_update_old {on} AND OLD.deleted_at IS NULL "
+            f"BEGIN {minus} END"
+        )
+        op.execute(
+            f"CREATE TRIGGER {entity}_count_update_new {on} AND NEW.deleted_at IS NULL "
+            f"BEGIN {plus} END"
+        )
 
 
 def downgrade():
     bind = op.get_bind()
+    for entity, _column in LIVE_COUNTS:
+        if bind.dialect.name == "postgresql":
+            op.execute(f"DROP TRIGGER {entity}_count_update ON assets")
+            op.execute(f"DROP TRIGGER {entity}_count_insert_delete ON assets")
+            op.execute(f"DROP FUNCTION {entity}_count()")
+        else:
+            for suffix in ("insert", "delete", "update_old", "update_new"):
+                op.execute(f"DROP TRIGGER {entity}_count_{suffix}")
+        bind.execute(sa.text(f"DELETE FROM status_count_deltas WHERE entity = '{entity}'"))
+        bind.execute(sa.text(f"DELETE FROM status_counts WHERE entity = '{entity}'"))
     if bind.dialect.name == "postgresql":
-        op.execute("DROP TRIGGER assets_live_count_update ON assets")
-        op.execute("DROP TRIGGER assets_live_count_insert_delete ON assets")
-        op.execute("DROP FUNCTION assets_live_count()")
         for name in ("ix_assets_description_trgm", "ix_assets_name_trgm"):
             op.execute(f"DROP INDEX {name}")
         op.execute("DROP INDEX ix_assets_size_bytes_desc_id")
-    else:
-        for suffix in ("insert", "delete", "update_old", "update_new"):
-            op.execute(f"DROP TRIGGER assets_live_count_{suffix}")
-    bind.execute(sa.text("DELETE FROM status_count_deltas WHERE entity = 'asset_live'"))
-    bind.execute(sa.text("DELETE FROM status_counts WHERE entity = 'asset_live'"))
     op.drop_index("ix_assets_live_author_type", table_name="assets")
     op.drop_index("ix_assets_live_type_status_compliance", table_name="assets")

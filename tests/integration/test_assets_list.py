@@ -393,12 +393,18 @@ def test_tampered_cursor_values_are_400_not_500(dev, value):
 
 
 def _totals_match_the_rows(api: Any) -> None:
-    """Every list the live counts answer (by type and/or status, or none) reports as total
-    exactly the items it pages through (all_pages checks total against what it saw)."""
+    """Every list the live counts answer (by type, status or compliance, or none) and one they
+    do not (status and compliance) report as total exactly the items they page through
+    (all_pages checks total against what it saw)."""
     for asset_type in (None, "model", "dataset"):
-        for status in (None, "pending", "active", "deprecated"):
-            query = {k: v for k, v in (("asset_type", asset_type), ("status", status)) if v}
+        for field, value in (
+            (None, None),
+            *(("status", v) for v in ("pending", "active", "deprecated")),
+            *(("compliance", v) for v in ("unknown", "compliant", "warning")),
+        ):
+            query = {k: v for k, v in (("asset_type", asset_type), (field, value)) if k and v}
             all_pages(api, limit=4, **query)
+    all_pages(api, limit=4, status="active", compliance="compliant")
 
 
 def test_totals_from_the_live_counts_follow_every_change(dev, admin):
@@ -408,7 +414,9 @@ def test_totals_from_the_live_counts_follow_every_change(dev, admin):
     _totals_match_the_rows(dev)
     set_columns(made[0], status="active")
     set_columns(made[1], status="active")
-    set_columns(made[2], status="active", asset_type="dataset")
+    set_columns(made[2], status="active", asset_type="dataset", compliance_status="compliant")
+    set_columns(made[5], compliance_status="warning")
+    set_columns(made[1], compliance_status="compliant")
     _totals_match_the_rows(dev)
     assert dev.patch(f"/v1/assets/{made[0]}", json={"status": "deprecated"}).status_code == 200
     assert dev.delete(f"/v1/assets/{made[3]}").status_code == 204
@@ -423,5 +431,6 @@ def test_totals_from_the_live_counts_follow_every_change(dev, admin):
     db.session.commit()
     _totals_match_the_rows(dev)
     assert listing(dev, status="active")["total"] == 1
+    assert listing(dev, compliance="compliant")["total"] == 1  # made[1] is deleted
     assert listing(dev)["total"] == 7
     assert listing(admin, include_deleted="true")["total"] == 8
