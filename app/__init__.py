@@ -131,7 +131,8 @@ def create_app(
         from app.db import install_sqlite_pragmas
 
         install_sqlite_pragmas(db.engine)
-        observability.trace_engine(db.engine)
+        if settings.otel_exporter_otlp_endpoint:  # unexported SQL spans only cost time
+            observability.trace_engine(db.engine)
     for _name, (converter, doc) in CONVERTERS.items():
         api.register_converter(converter, lambda _c, doc=doc: doc)
     _register_blueprints(api)

@@ -65,8 +65,9 @@ def init_tracing(otlp_endpoint: str | None = None, service_name: str = "llm-regi
     """The OpenTelemetry SDK's tracer provider, once per process, so that every request and
     task has a trace id (for logs and events) and a caller's ``traceparent`` is continued.
     Spans go to ``OTEL_EXPORTER_OTLP_ENDPOINT`` (OTLP over HTTP) when it is set, and then Redis
-    calls are traced too (without an exporter their spans would only cost the hot path a tenth
-    of its time); SQL is traced per engine (``trace_engine``)."""
+    calls and SQL statements are traced too (``trace_redis``; ``create_app`` calls
+    ``trace_engine``): without an exporter their spans would only cost time, a tenth of a
+    cached read and more of a worker's job."""
     global _tracing_ready
     if _tracing_ready:
         return

@@ -23,6 +23,7 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Iterator
+from pathlib import Path
 from types import ModuleType
 from typing import Any
 
@@ -43,9 +44,15 @@ from app import create_app
 from app.events.relay import NatsPublisher, OutboxRelay
 from app.extensions import db
 from app.jobs.queue import RUN_REGISTRATION
-from app.observability import configure_logging, init_tracing
+from app.observability import configure_logging, init_tracing, trace_engine
 from config import ENV_NAMES, load_settings
-from tests.conftest import JWT_SECRET, PASSWORD, drop_pg_database, fresh_pg_database
+from tests.conftest import (
+    JWT_SECRET,
+    PASSWORD,
+    drop_pg_database,
+    fresh_pg_database,
+    make_settings,
+)
 from tests.integration.nats_support import SHARED_NATS_URL, read_stream, require_nats
 from tests.integration.pipeline_support import (
     REDIS_BASE_URL,
@@ -531,10 +538,29 @@ def is_sql(span: ReadableSpan) -> bool:
     return span.kind == SpanKind.CLIENT and system in ("postgresql", "sqlite")
 
 
+def trace_sql(stack: Stack) -> None:
+    """SQL spans from the API's and the worker's engines, as create_app turns them on when
+    OTEL_EXPORTER_OTLP_ENDPOINT is set (the spans here go to an in-memory exporter)."""
+    for app in (stack.app, sys.modules["celery_app"].flask_app):
+        with app.app_context():
+            trace_engine(db.engine)
+
+
+def test_sql_is_traced_only_when_spans_are_exported(tmp_path: Path) -> None:
+    init_tracing()  # this process's provider is set up already: no exporter is added below
+    for endpoint, traced in ((None, False), ("http://127.0.0.1:4318", True)):
+        extra = {"OTEL_EXPORTER_OTLP_ENDPOINT": endpoint} if endpoint else {}
+        app = create_app(make_settings(f"sqlite:///{tmp_path / 'r.db'}", tmp_path, **extra))
+        with app.app_context():
+            assert getattr(db.engine, "_registry_traced", False) is traced
+            db.engine.dispose()
+
+
 def test_a_registration_is_one_trace_from_request_to_nats(
     stack: Stack, spans: InMemorySpanExporter
 ) -> None:
     developer = stack.api("developer")  # logged in before the spans are collected
+    trace_sql(stack)
     spans.clear()
     response = developer.post("/v1/assets", json=asset_body(prefix="traced"))
     assert response.status_code == 202, response.get_json()
