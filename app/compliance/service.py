@@ -295,14 +295,24 @@ def run_compliance_scan(job_id: str, context: JobContext) -> str:
 # ---- the tests step --------------------------------------------------------------------------
 
 
-def applicable_suites(asset: Asset) -> list[Asset]:
-    if asset.asset_type in GOVERNANCE_TYPES:
-        return []
-    return [
-        suite
-        for suite in latest_active_suites(db.session)
-        if matches((suite.spec or {}).get("applies_to"), asset.asset_type, asset.tags)
-    ]
+def applicable_suites(asset: Asset, context: JobContext | None = None) -> list[Asset]:
+    """The test suites in force that apply to ``asset``; with ``context``, read once per run
+    of its job (the routing of the tests step and the step itself both ask)."""
+    if context is not None and "suites" in context.memo:
+        memo: list[Asset] = context.memo["suites"]
+        return memo
+    suites = (
+        []
+        if asset.asset_type in GOVERNANCE_TYPES
+        else [
+            suite
+            for suite in latest_active_suites(db.session)
+            if matches((suite.spec or {}).get("applies_to"), asset.asset_type, asset.tags)
+        ]
+    )
+    if context is not None:
+        context.memo["suites"] = suites
+    return suites
 
 
 @contextlib.contextmanager
@@ -353,7 +363,7 @@ def tests_step(asset: Asset, context: JobContext) -> StepResult:
     is taken over or retried mid-step leaves no half-recorded runs behind to be doubled."""
     if asset.asset_type in GOVERNANCE_TYPES:
         return StepResult("skipped", NOT_GOVERNED.format(asset.asset_type.replace("_", " ")))
-    suites = applicable_suites(asset)
+    suites = applicable_suites(asset, context)
     if not suites:
         return StepResult("skipped", "no test suite applies to this asset")
     settings = current_app.extensions["registry_settings"]

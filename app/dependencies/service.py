@@ -31,14 +31,23 @@ _EDGES = cast(Table, AssetDependency.__table__)
 _LOCK_KEY = 0x6C6C6D72  # "llmr": the advisory lock serialising resolution and activation
 
 
-def serialize_graph_changes(session: DbSession) -> None:
+def serialize_graph_changes(session: DbSession, context: JobContext | None = None) -> None:
     """Take the lock that orders resolution and activation across all workers (until commit).
 
     On PostgreSQL an advisory transaction lock; SQLite transactions already run one at a time
-    (BEGIN IMMEDIATE), so nothing more is needed there.
+    (BEGIN IMMEDIATE), so nothing more is needed there. A job (``context``) that has to wait
+    for it first commits what it wrote so far, under its lease: no one waits on its rows
+    meanwhile (say, the worker that took the job over from it while it waited).
     """
-    if session.get_bind().dialect.name == "postgresql":
-        session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _LOCK_KEY})
+    if session.get_bind().dialect.name != "postgresql":
+        return
+    key = {"key": _LOCK_KEY}
+    if context is not None:
+        if session.execute(text("SELECT pg_try_advisory_xact_lock(:key)"), key).scalar():
+            return
+        context.hold()
+        session.commit()
+    session.execute(text("SELECT pg_advisory_xact_lock(:key)"), key)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -331,12 +340,12 @@ def dependency_graph(
 # ---- pipeline steps --------------------------------------------------------------------------
 
 
-def resolve_step(asset: Asset, _context: JobContext) -> StepResult:
+def resolve_step(asset: Asset, context: JobContext) -> StepResult:
     """The ``dependencies`` step: resolve and lock every edge, or reject the registration."""
     rows = list(asset.dependency_rows)
     if not rows:
         return StepResult("passed", "no dependencies declared")
-    serialize_graph_changes(db.session)
+    serialize_graph_changes(db.session, context)
     resolution = resolve_dependencies(db.session, asset)
     if resolution.missing:
         return StepResult(
@@ -366,10 +375,10 @@ def _cycle_result(cycle: list[str]) -> StepResult:
     )
 
 
-def activate(asset: Asset, _context: JobContext) -> StepResult | None:
+def activate(asset: Asset, context: JobContext) -> StepResult | None:
     """Make the asset ``active`` unless, under the graph lock, the live graph now has a cycle
     through it (another registration activated meanwhile). The caller commits."""
-    serialize_graph_changes(db.session)
+    serialize_graph_changes(db.session, context)
     if asset.dependency_rows:
         cycle = find_cycle(db.session, asset)
         if cycle is not None:

@@ -3,8 +3,8 @@
 Called by ``workers/registration.py`` with a job id. A job is claimed with a conditional update
 and a lease that the worker renews while it works; a job whose worker died is taken over once
 the lease is stale. Steps that already finished are not run again, so running a job twice gives
-the same verdict. Each step commits its start (with the result of the step before it) so
-clients see progress.
+the same verdict. A step that may take long commits its start (with the results before it)
+so clients see progress.
 """
 
 from __future__ import annotations
@@ -62,6 +62,8 @@ class JobContext:
     job_id: str
     worker: str
     last_beat: float = dataclasses.field(default_factory=time.monotonic)
+    # What one run of the job computes once and several steps read (the suites in force).
+    memo: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     def heartbeat(self, force: bool = False) -> None:
         """Renew the lease (at most every few seconds, commits); ``LeaseLostError`` if it was
@@ -181,7 +183,8 @@ def run_registration(
     activate: Callable[[Asset, JobContext], StepResult | None],
     *,
     queue: str = QUEUE_DEFAULT,
-    step_queues: Mapping[str, Callable[[Asset], str]] | None = None,
+    step_queues: Mapping[str, Callable[[Asset, JobContext], str]] | None = None,
+    may_take_long: Mapping[str, Callable[[Asset, JobContext], bool]] | None = None,
 ) -> None:
     """Run (or resume) a registration job to its verdict. Idempotent; commits per step.
 
@@ -190,6 +193,11 @@ def run_registration(
     ``step_queues`` names, per step, the Celery queue it must run on (for this asset); when it
     is not ``queue`` (the one this worker serves), the job is handed over to that queue and
     resumes there at that step — test suites run on a fleet of their own.
+    ``may_take_long`` tells, per step, whether it may take long for this asset (content to
+    read, dependencies to lock, suites to run); the start of a step that cannot is not
+    committed on its own but with the next commit: a registration with nothing slow to do
+    commits twice (claimed, verdict) rather than once per step. Without it every start is
+    committed.
     """
     if not claim_job(job_id, worker):
         log.info("job %s is finished or running elsewhere", job_id)
@@ -210,21 +218,23 @@ def run_registration(
     if asset is None or asset.deleted_at is not None:
         fail_job(job_id, "INTERNAL_ERROR", "the asset was deleted before it was validated", worker)
         return
-    if asset.status == "pending":  # committed with the first step's start
+    if asset.status == "pending":  # committed with the first commit below
         asset.status = "validating"
         asset.updated_at = utcnow()
-    # One commit per step: a step's result goes in with the next step's start (or with the
-    # verdict), so a step never runs while the one before it is still uncommitted.
+    # At most one commit per step, before a step that may take long: it shows the step running
+    # with the results before it, so a slow step never runs while those are uncommitted (and
+    # a lock a step took is released); quick steps' results wait for the next commit.
     for step in job.steps:
         if step.status in ("passed", "skipped", "failed"):
             continue  # done by an earlier attempt
-        wanted = (step_queues or {}).get(step.name, _default_queue)(asset)
+        wanted = (step_queues or {}).get(step.name, _default_queue)(asset, context)
         if wanted != queue:
             _hand_over(job, wanted, context)
             return
         step.status, step.started_at, step.finished_at = "running", utcnow(), None
-        context.hold()
-        db.session.commit()
+        if may_take_long is None or may_take_long.get(step.name, _always)(asset, context):
+            context.hold()
+            db.session.commit()
         with (
             _tracer.start_as_current_span(
                 f"step {step.name}",
@@ -247,8 +257,12 @@ def run_registration(
     db.session.commit()
 
 
-def _default_queue(_asset: Asset) -> str:
+def _default_queue(_asset: Asset, _context: JobContext) -> str:
     return QUEUE_DEFAULT
+
+
+def _always(_asset: Asset, _context: JobContext) -> bool:
+    return True
 
 
 def _hand_over(job: Job, queue: str, context: JobContext) -> None:

@@ -24,12 +24,31 @@ STEPS: dict[str, pipeline.StepFunction] = {
 }
 
 
-def _tests_queue(asset: Asset) -> str:
+def _tests_queue(asset: Asset, context: pipeline.JobContext) -> str:
     # Only a job with suites to run moves to the test fleet; the rest finish where they are.
-    return QUEUE_TESTS if applicable_suites(asset) else QUEUE_DEFAULT
+    return QUEUE_TESTS if applicable_suites(asset, context) else QUEUE_DEFAULT
 
 
 STEP_QUEUES = {"tests": _tests_queue}
+
+
+def _has_content(asset: Asset, _context: pipeline.JobContext) -> bool:
+    return bool(asset.checksum_value or asset.storage_uri)
+
+
+def _has_dependencies(asset: Asset, _context: pipeline.JobContext) -> bool:
+    return bool(asset.dependency_rows)
+
+
+# Steps that may take long for an asset (a blob to read, edges to lock, suites to run); the
+# others (policies: CEL over the asset's document) run in a moment.
+MAY_TAKE_LONG = {
+    "checksum": _has_content,
+    "dependencies": _has_dependencies,
+    "scan": _has_content,
+    "policies": lambda _asset, _context: False,
+    "tests": lambda asset, context: bool(applicable_suites(asset, context)),
+}
 
 
 def activate(asset: Asset, context: pipeline.JobContext) -> pipeline.StepResult | None:
@@ -43,4 +62,12 @@ def activate(asset: Asset, context: pipeline.JobContext) -> pipeline.StepResult 
 
 def run_registration_job(job_id: str, worker: str, queue: str = QUEUE_DEFAULT) -> None:
     """Run or resume one registration job to its verdict (see ``pipeline.run_registration``)."""
-    pipeline.run_registration(job_id, worker, STEPS, activate, queue=queue, step_queues=STEP_QUEUES)
+    pipeline.run_registration(
+        job_id,
+        worker,
+        STEPS,
+        activate,
+        queue=queue,
+        step_queues=STEP_QUEUES,
+        may_take_long=MAY_TAKE_LONG,
+    )
