@@ -267,21 +267,15 @@ def dependency_graph(
 
     A read on the hot path: three Core statements (the root, the walk joined to its assets, the
     edges between them) on one connection, no ORM objects."""
-    assets = _ASSETS
-    edges = _EDGES
+    assets, edges = _ASSETS, _EDGES
     connection = session.connection()
     root = connection.execute(select(assets.c.deleted_at).where(assets.c.id == asset_id)).first()
     if root is None or root.deleted_at is not None:
         raise AssetNotFoundError(asset_id)
     limit = MAX_WALK_DEPTH if max_depth is None else max_depth + 1
-    near, far = (
-        (edges.c.resolved_id, edges.c.asset_id)
-        if reverse
-        else (
-            edges.c.asset_id,
-            edges.c.resolved_id,
-        )
-    )
+    near, far = edges.c.asset_id, edges.c.resolved_id
+    if reverse:
+        near, far = far, near
     walk = select(literal(asset_id).label("id"), literal(0).label("depth")).cte(
         "walk", recursive=True
     )
