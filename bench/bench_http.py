@@ -247,6 +247,17 @@ def _sort_bytes(version: str) -> bytes:
     return sort_key(parse_version(version))
 
 
+def wait_until_zero(registry: Registry, query: str, what: str, timeout: float) -> None:
+    """Poll ``query`` (one count) every 0.5 s until it is 0; RuntimeError naming ``what`` after
+    ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    with registry.sql() as conn:
+        while (row := conn.execute(query).fetchone()) != (0,):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{what} after {timeout:.0f} s: {row}")
+            time.sleep(0.5)
+
+
 def seed_assets(
     registry: Registry, count: int, start: int, prefix: str, *, chains: bool = False
 ) -> list[str]:
@@ -303,13 +314,13 @@ def seed_assets(
             )
     # What beat does every 10 s (registry.stats.fold_counts): the count deltas the triggers
     # wrote for the bulk load are folded into the totals before the reads begin.
-    deadline = time.monotonic() + 120
+    wait_until_zero(
+        registry,
+        "SELECT count(*) / 1000 FROM (SELECT 1 FROM status_count_deltas LIMIT 1000) d",
+        "1,000 or more count deltas left unfolded by beat",
+        timeout=120,
+    )
     with registry.sql() as conn:
-        backlog = "SELECT count(*) FROM (SELECT 1 FROM status_count_deltas LIMIT 1000) d"
-        while conn.execute(backlog).fetchone() == (1000,):
-            if time.monotonic() > deadline:
-                raise RuntimeError("beat did not fold the count deltas within 120 s")
-            time.sleep(0.5)
         # What autovacuum does within a minute of a bulk load: statistics, and the visibility map
         # that lets the list's COUNT and the keyset reads use index-only scans.
         conn.execute("VACUUM ANALYZE")
@@ -356,21 +367,6 @@ end
 # ---- loads ---------------------------------------------------------------------------------------
 
 
-def drain_jobs(registry: Registry, timeout: float) -> None:
-    """Wait until no job is queued or running (bounded by ``timeout`` seconds)."""
-    deadline = time.monotonic() + timeout
-    with registry.sql() as conn:
-        while True:
-            row = conn.execute(
-                "SELECT count(*) FROM jobs WHERE status IN ('queued', 'running')"
-            ).fetchone()
-            if row == (0,):
-                return
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"{row} jobs still queued or running after {timeout} s")
-            time.sleep(0.5)
-
-
 def registrations_end_to_end(
     registry: Registry, count: int, timeout: float
 ) -> tuple[float, int, int]:
@@ -378,7 +374,12 @@ def registrations_end_to_end(
     job reached its verdict. Returns (completed per second, active, not active)."""
     # The 202 load before this one left thousands of jobs queued: they finish first, or this
     # would time the backlog rather than these registrations.
-    drain_jobs(registry, timeout=600)
+    wait_until_zero(
+        registry,
+        "SELECT count(*) FROM jobs WHERE status IN ('queued', 'running')",
+        "jobs still queued or running",
+        timeout=600,
+    )
     payload = os.urandom(512)
     digest = hashlib.sha256(payload).hexdigest()
     headers = {**registry.auth, "Content-Type": "application/octet-stream"}

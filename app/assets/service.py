@@ -99,12 +99,13 @@ def _check_content(data: Mapping[str, Any], store: BlobStore) -> None:
 def _claim_name(session: DbSession, name: str, asset_type: str) -> None:
     """Pin the name to its first type; a concurrent first registration waits on the row.
     A name already pinned (every version after the first) costs one read."""
-    existing = session.scalar(select(AssetName.asset_type).where(AssetName.name == name))
+    pinned = select(AssetName.asset_type).where(AssetName.name == name)
+    existing = session.scalar(pinned)
     if existing is None:
         insert_ignoring_conflicts(
             session, AssetName, ["name"], name=name, asset_type=asset_type, created_at=utcnow()
         )
-        existing = session.scalar(select(AssetName.asset_type).where(AssetName.name == name))
+        existing = session.scalar(pinned)
     if existing != asset_type:
         raise AssetTypeMismatchError(name, str(existing), asset_type)
 
