@@ -133,6 +133,7 @@ def serve_http(settings: Settings, workers: int, threads: int) -> None:
             self.cfg.set("timeout", 120)
             self.cfg.set("graceful_timeout", 20)
             self.cfg.set("accesslog", None)  # the app logs one JSON line per request
+            self.cfg.set("logger_class", _logger_without_access_lines())
             # gunicorn answers an over-long request line with an HTML page; let the app answer
             # (problem+json, MAX_URL_LENGTH) instead.
             self.cfg.set("limit_request_line", 0)
@@ -149,6 +150,19 @@ def serve_http(settings: Settings, workers: int, threads: int) -> None:
             return create_app(settings)
 
     Server().run()
+
+
+def _logger_without_access_lines() -> type:
+    """gunicorn's logger, but its access lines are never made: the app logs one per request,
+    and with a logging config gunicorn formats each line's fields before the logger's level
+    drops it (4% of a cached read's time)."""
+    from gunicorn.glogging import Logger
+
+    class NoAccessLines(Logger):
+        def access(self, *_args: Any, **_kwargs: Any) -> None:
+            return None
+
+    return NoAccessLines
 
 
 def _freeze_startup_objects(_worker: Any) -> None:

@@ -10,6 +10,7 @@ from copy import deepcopy
 from functools import wraps
 from typing import Any, TypeVar
 
+import flask
 import flask_smorest
 import marshmallow as ma
 import orjson
@@ -26,6 +27,7 @@ from app.errors import (
 )
 
 F = TypeVar("F", bound=Callable[..., Any])
+_PLAIN = (bool, int, float, str, type(None))
 
 
 class ProblemSchema(ma.Schema):
@@ -64,6 +66,37 @@ class RegistryParser(FlaskParser):
         "cookies": ma.EXCLUDE,
         "files": ma.EXCLUDE,
     }
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # schema (class or instance) -> what it loads from an empty query string
+        self._empty_query: dict[Any, dict[str, Any]] = {}
+
+    def parse(self, argmap: Any, req: Request | None = None, **kwargs: Any) -> Any:
+        """Most reads come without a query string, and a schema loads one to the same defaults
+        every time: those are loaded once per schema (when all are plain values) and copied,
+        instead of a marshmallow load per request (a tenth of a cached read's time)."""
+        location = kwargs.get("location")
+        if (
+            location not in ("query", "querystring")
+            or not (
+                isinstance(argmap, ma.Schema)
+                or (isinstance(argmap, type) and issubclass(argmap, ma.Schema))
+            )
+            or kwargs.get("validate") is not None
+        ):
+            return super().parse(argmap, req, **kwargs)
+        request = req if req is not None else flask.request
+        if request.query_string:
+            return super().parse(argmap, request, **kwargs)
+        known = self._empty_query.get(argmap)
+        if known is not None:
+            return dict(known)
+        data = super().parse(argmap, request, **kwargs)
+        plain = isinstance(data, dict) and all(isinstance(v, _PLAIN) for v in data.values())
+        if plain and len(self._empty_query) < 1000:  # bounded, should schemas be made per call
+            self._empty_query[argmap] = dict(data)
+        return data
 
     def _load_location_data(self, *, schema: ma.Schema, req: Request, location: str) -> Any:
         data = super()._load_location_data(schema=schema, req=req, location=location)

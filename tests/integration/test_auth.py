@@ -6,6 +6,7 @@ import datetime as dt
 import io
 import json
 import logging
+import time
 from typing import Any
 
 import jwt
@@ -292,6 +293,32 @@ def test_forged_or_expired_tokens_are_401(
     token = _token(**{"sub": users["admin"], **changes})
 
     _assert_unauthorized(client.get("/v1/auth/me", headers={"Authorization": f"Bearer {token}"}))
+
+
+def test_a_token_seen_before_is_still_refused_once_it_expires(
+    client: FlaskClient, users: dict[str, str]
+) -> None:
+    # Its signature is verified once per process; its lifetime must be checked at every request.
+    expires = int(time.time()) + 2
+    token = _token(sub=users["viewer"], exp=expires)
+    headers = {"Authorization": f"Bearer {token}"}
+    assert client.get("/v1/auth/me", headers=headers).status_code == 200
+
+    time.sleep(max(0.0, expires - time.time()) + 0.2)
+
+    _assert_unauthorized(client.get("/v1/auth/me", headers=headers))
+
+
+def test_a_token_seen_before_is_refused_once_the_secret_changes(
+    app: Flask, client: FlaskClient, users: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    token = _token(sub=users["viewer"])
+    headers = {"Authorization": f"Bearer {token}"}
+    assert client.get("/v1/auth/me", headers=headers).status_code == 200
+
+    monkeypatch.setitem(app.config, "JWT_SECRET_KEY", "rotated-" + "z" * 40)
+
+    _assert_unauthorized(client.get("/v1/auth/me", headers=headers))
 
 
 def test_alg_none_token_is_401(client: FlaskClient, users: dict[str, str]) -> None:
