@@ -39,6 +39,7 @@ from app.paging import Page, SortKey, paginate
 from app.policies.service import (
     RuleResult,
     evaluate_policies,
+    latest_active_governance,
     latest_active_policies,
     latest_active_suites,
     matches,
@@ -56,14 +57,27 @@ STALE_BATCH_RETRIES = 5  # a batch whose assets changed under it is read and eva
 NOT_GOVERNED = "policies and test suites govern models, pipelines and datasets, not a {}"
 
 
+_ASSET_SCHEMA = AssetSchema()
+
+
 def asset_document(asset: Asset) -> dict[str, Any]:
     """The asset as the API shows it: what CEL expressions see as ``asset``."""
-    document: dict[str, Any] = AssetSchema().dump(asset)
+    document: dict[str, Any] = _ASSET_SCHEMA.dump(asset)
     return document
 
 
-def _policy_documents() -> list[dict[str, Any]]:
-    return [asset_document(policy) for policy in latest_active_policies(db.session)]
+def _policy_documents(context: JobContext | None = None) -> list[dict[str, Any]]:
+    policies = latest_active_policies(db.session) if context is None else _in_force(context)[0]
+    return [asset_document(policy) for policy in policies]
+
+
+def _in_force(context: JobContext) -> tuple[list[Asset], list[Asset]]:
+    """The policies and test suites in force, read once per run of a job (the policies step,
+    the routing of the tests step and the step itself all ask)."""
+    if "governance" not in context.memo:
+        context.memo["governance"] = latest_active_governance(db.session)
+    found: tuple[list[Asset], list[Asset]] = context.memo["governance"]
+    return found
 
 
 # ---- the scan step ---------------------------------------------------------------------------
@@ -129,13 +143,12 @@ def policies_step(asset: Asset, context: JobContext) -> StepResult:
     a failed ``warn`` rule leaves it active with compliance ``warning``."""
     if asset.asset_type in GOVERNANCE_TYPES:
         return StepResult("skipped", NOT_GOVERNED.format(asset.asset_type.replace("_", " ")))
-    document = asset_document(asset)
     policies = [
         p
-        for p in _policy_documents()
+        for p in _policy_documents(context)
         if matches((p.get("spec") or {}).get("applies_to"), asset.asset_type, asset.tags)
     ]
-    results = evaluate_policies(policies, document, asset.artifact)
+    results = evaluate_policies(policies, asset_document(asset), asset.artifact) if policies else []
     status = _apply_compliance(asset, results, len(policies), job_id=context.job_id)
     denied = [r for r in results if not r.passed and r.severity == "deny"]
     if denied:
@@ -298,21 +311,14 @@ def run_compliance_scan(job_id: str, context: JobContext) -> str:
 def applicable_suites(asset: Asset, context: JobContext | None = None) -> list[Asset]:
     """The test suites in force that apply to ``asset``; with ``context``, read once per run
     of its job (the routing of the tests step and the step itself both ask)."""
-    if context is not None and "suites" in context.memo:
-        memo: list[Asset] = context.memo["suites"]
-        return memo
-    suites = (
-        []
-        if asset.asset_type in GOVERNANCE_TYPES
-        else [
-            suite
-            for suite in latest_active_suites(db.session)
-            if matches((suite.spec or {}).get("applies_to"), asset.asset_type, asset.tags)
-        ]
-    )
-    if context is not None:
-        context.memo["suites"] = suites
-    return suites
+    if asset.asset_type in GOVERNANCE_TYPES:
+        return []
+    in_force = latest_active_suites(db.session) if context is None else _in_force(context)[1]
+    return [
+        suite
+        for suite in in_force
+        if matches((suite.spec or {}).get("applies_to"), asset.asset_type, asset.tags)
+    ]
 
 
 @contextlib.contextmanager

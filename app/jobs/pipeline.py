@@ -18,6 +18,7 @@ from typing import Any
 
 from opentelemetry import trace
 from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy.orm import joinedload
 
 from app.assets.models import Asset
 from app.context import actor_var, request_id_var
@@ -203,7 +204,9 @@ def run_registration(
         log.info("job %s is finished or running elsewhere", job_id)
         return
     context = JobContext(job_id, worker)
-    job = db.session.get(Job, job_id)
+    # The job with its steps, the asset with its tags and dependencies: one query each, not
+    # one per collection.
+    job = db.session.get(Job, job_id, options=[joinedload(Job.steps)])
     assert job is not None
     adopt_context(job)
     if job.attempts > MAX_ATTEMPTS:
@@ -214,7 +217,15 @@ def run_registration(
             worker,
         )
         return
-    asset = db.session.get(Asset, job.asset_id) if job.asset_id else None
+    asset = (
+        db.session.get(
+            Asset,
+            job.asset_id,
+            options=[joinedload(Asset.tag_rows), joinedload(Asset.dependency_rows)],
+        )
+        if job.asset_id
+        else None
+    )
     if asset is None or asset.deleted_at is not None:
         fail_job(job_id, "INTERNAL_ERROR", "the asset was deleted before it was validated", worker)
         return

@@ -130,7 +130,9 @@ def summarize(results: Sequence[RuleResult]) -> tuple[ComplianceStatus, list[Rul
     return "compliant", violations
 
 
-def _latest_active(session: Session | scoped_session[Any], asset_type: str) -> list[Asset]:
+def _latest_active(
+    session: Session | scoped_session[Any], asset_types: tuple[str, ...]
+) -> list[Asset]:
     # Of each name, the /latest rule of CONTRACT.md §4: active, not deleted, releases before
     # pre-releases (False sorts first), then the highest SemVer. One query with a window.
     ranked = (
@@ -138,13 +140,13 @@ def _latest_active(session: Session | scoped_session[Any], asset_type: str) -> l
             Asset.id,
             func.row_number()
             .over(
-                partition_by=Asset.name,
+                partition_by=(Asset.asset_type, Asset.name),
                 order_by=(Asset.prerelease.asc(), Asset.version_sort.desc()),
             )
             .label("rank"),
         )
         .where(
-            Asset.asset_type == asset_type,
+            Asset.asset_type.in_(asset_types),
             Asset.status == "active",
             Asset.deleted_at.is_(None),
         )
@@ -164,9 +166,21 @@ def latest_active_policies(session: Session | scoped_session[Any]) -> list[Asset
     """The policies in force: for each policy name its highest active release, else its highest
     active pre-release (names with no active version contribute nothing), ordered by name.
     Read-only; the caller owns the session and its transaction."""
-    return _latest_active(session, "policy")
+    return _latest_active(session, ("policy",))
 
 
 def latest_active_suites(session: Session | scoped_session[Any]) -> list[Asset]:
     """The test suites in force, chosen per name as :func:`latest_active_policies` does."""
-    return _latest_active(session, "test_suite")
+    return _latest_active(session, ("test_suite",))
+
+
+def latest_active_governance(
+    session: Session | scoped_session[Any],
+) -> tuple[list[Asset], list[Asset]]:
+    """The policies and the test suites in force, as the two functions above give them, in
+    one query."""
+    both = _latest_active(session, ("policy", "test_suite"))
+    return (
+        [a for a in both if a.asset_type == "policy"],
+        [a for a in both if a.asset_type == "test_suite"],
+    )
