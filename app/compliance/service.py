@@ -75,7 +75,11 @@ def _in_force(context: JobContext) -> tuple[list[Asset], list[Asset]]:
     """The policies and test suites in force, read once per run of a job (the policies step,
     the routing of the tests step and the step itself all ask)."""
     if "governance" not in context.memo:
-        context.memo["governance"] = latest_active_governance(db.session)
+        # The job's pending changes cannot change which policies and suites are in force (a
+        # policy or suite being registered is not governed): they stay unflushed until the
+        # commit, one UPDATE per row.
+        with db.session.no_autoflush:
+            context.memo["governance"] = latest_active_governance(db.session)
     found: tuple[list[Asset], list[Asset]] = context.memo["governance"]
     return found
 
