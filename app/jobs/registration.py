@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from flask import current_app
+
 from app.assets.models import Asset
-from app.blobs.service import verify_content_step
+from app.blobs.service import content_key, verify_content_step
 from app.compliance.service import (
     applicable_suites,
     create_scan_job,
@@ -14,6 +16,7 @@ from app.compliance.service import (
 from app.dependencies import service as dependencies
 from app.jobs import pipeline
 from app.jobs.queue import QUEUE_DEFAULT, QUEUE_TESTS
+from app.storage import StorageError
 
 STEPS: dict[str, pipeline.StepFunction] = {
     "checksum": verify_content_step,
@@ -32,20 +35,35 @@ def _tests_queue(asset: Asset, context: pipeline.JobContext) -> str:
 STEP_QUEUES = {"tests": _tests_queue}
 
 
-def _has_content(asset: Asset, _context: pipeline.JobContext) -> bool:
-    return bool(asset.checksum_value or asset.storage_uri)
+# Content up to this size is read (hashed, scanned) in milliseconds: its steps are quick.
+QUICK_CONTENT_BYTES = 4 * 1024 * 1024
+
+
+def content_may_take_long(asset: Asset, context: pipeline.JobContext) -> bool:
+    """Content to read, unless the store says it is small (asked once per run of a job); an
+    unknown size (no object, the store away) counts as long, and the step says what is wrong."""
+    if not (asset.checksum_value or asset.storage_uri):
+        return False
+    if "content_size" not in context.memo:
+        key, store = content_key(asset), current_app.extensions["blob_store"]
+        try:
+            context.memo["content_size"] = store.size(key) if key else None
+        except StorageError:
+            context.memo["content_size"] = None
+    size = context.memo["content_size"]
+    return size is None or size > QUICK_CONTENT_BYTES
 
 
 def _has_dependencies(asset: Asset, _context: pipeline.JobContext) -> bool:
     return bool(asset.dependency_rows)
 
 
-# Steps that may take long for an asset (a blob to read, edges to lock, suites to run); the
-# others (policies: CEL over the asset's document) run in a moment.
+# Steps that may take long for an asset (a blob of some size to read, edges to lock, suites to
+# run); the others (policies: CEL over the asset's document) run in a moment.
 MAY_TAKE_LONG = {
-    "checksum": _has_content,
+    "checksum": content_may_take_long,
     "dependencies": _has_dependencies,
-    "scan": _has_content,
+    "scan": content_may_take_long,
     "policies": lambda _asset, _context: False,
     "tests": lambda asset, context: bool(applicable_suites(asset, context)),
 }
