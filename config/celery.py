@@ -80,9 +80,12 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_time_limit": 3300,
         "broker_transport_options": transport_options,
         # Task events for Flower (docker/docker-compose.yml) and `celery events`: on Redis only,
-        # kombu's SQLAlchemy transport has no fanout exchange to carry them.
+        # kombu's SQLAlchemy transport has no fanout exchange to carry them. Workers send them
+        # (received, started, succeeded or failed); the API does not send "task-sent", a second
+        # publish per registration (a fifteenth of its CPU) that would only show a task queued,
+        # which GET /v1/jobs/{id} shows anyway.
         "worker_send_task_events": url.startswith("redis"),
-        "task_send_sent_event": url.startswith("redis"),
+        "task_send_sent_event": False,
         "task_default_queue": "registry",
         # Every worker consumes all three unless told otherwise (llm-registry worker --queues),
         # also when started as `celery -A celery_app:celery worker`.

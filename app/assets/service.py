@@ -33,7 +33,7 @@ from app.assets.models import (
 from app.assets.semver import parse_version, sort_key, without_build
 from app.auth.identity import Identity
 from app.context import request_id_var
-from app.db import DbSession, insert_ignoring_conflicts, new_id, utcnow
+from app.db import DbSession, insert_ignoring_conflicts, insert_new, new_id, utcnow
 from app.errors import (
     ConflictError,
     ForbiddenError,
@@ -166,10 +166,12 @@ def register_asset(data: Mapping[str, Any], actor: Identity, store: BlobStore) -
             created_by=actor.username,
             created_at=now,
             updated_at=now,
+            row_version=1,
         )
-        asset.tag_rows = [AssetTag(tag=t, position=i) for i, t in enumerate(data["tags"])]
-        asset.dependency_rows = _dependency_rows(session, data["dependencies"])
-        session.add(asset)
+        asset.tag_rows = [
+            AssetTag(asset_id=asset.id, tag=t, position=i) for i, t in enumerate(data["tags"])
+        ]
+        asset.dependency_rows = _dependency_rows(session, asset.id, data["dependencies"])
         job = Job(
             id=new_id(),
             kind="registration",
@@ -180,8 +182,13 @@ def register_asset(data: Mapping[str, Any], actor: Identity, store: BlobStore) -
             created_at=now,
             enqueued_at=now,
         )
-        job.steps = [JobStep(position=i, name=n) for i, n in enumerate(REGISTRATION_STEPS)]
-        session.add(job)
+        job.steps = [
+            JobStep(job_id=job.id, position=i, name=n) for i, n in enumerate(REGISTRATION_STEPS)
+        ]
+        # Rows inserted as they are, not through the unit of work (new rows: nothing cached or
+        # loaded in this session can be stale); a taken (name, version) fails right here.
+        for rows in ([asset], asset.tag_rows, asset.dependency_rows, [job], job.steps):
+            insert_new(session, rows)
         enqueue_after_commit(session(), RUN_REGISTRATION, [job.id])
         record_event(
             session,
@@ -219,7 +226,7 @@ def _provenance_document(provenance: Mapping[str, Any] | None) -> dict[str, Any]
 
 
 def _dependency_rows(
-    session: DbSession, refs: Sequence[Mapping[str, Any]]
+    session: DbSession, asset_id: str, refs: Sequence[Mapping[str, Any]]
 ) -> list[AssetDependency]:
     """Declared edges. An ``{id}`` ref shows the target's name and type at once when it exists;
     resolution and locking happen in the pipeline's ``dependencies`` step."""
@@ -242,6 +249,7 @@ def _dependency_rows(
             target = known.get(ref["id"])
             rows.append(
                 AssetDependency(
+                    asset_id=asset_id,
                     position=position,
                     ref_id=ref["id"],
                     name=target.name if target else None,
@@ -251,6 +259,7 @@ def _dependency_rows(
         else:
             rows.append(
                 AssetDependency(
+                    asset_id=asset_id,
                     position=position,
                     name=ref["name"],
                     asset_type=ref.get("asset_type"),

@@ -167,6 +167,28 @@ def test_range_dependency_is_kept_as_declared(dev):
     assert all(d["id"] is None and d["resolved_id"] is None for d in asset["dependencies"])
 
 
+def test_id_and_range_dependencies_and_tags_together_are_kept_in_order(dev, viewer):
+    target = register(dev, asset_type="dataset", name="acme/corpus")
+    asset = register(
+        dev,
+        tags=["b-tag", "a-tag"],
+        dependencies=[
+            {"name": "acme/tokenizer", "version": "^1.0.0"},
+            {"id": target["id"]},
+            {"name": "acme/eval", "version": "*", "asset_type": "test_suite"},
+        ],
+    )
+
+    read = viewer.get(f"/v1/assets/{asset['id']}").get_json()
+    for document in (asset, read):
+        assert document["tags"] == ["b-tag", "a-tag"]
+        assert [(d["id"], d["name"], d["version"]) for d in document["dependencies"]] == [
+            (None, "acme/tokenizer", "^1.0.0"),
+            (target["id"], "acme/corpus", None),
+            (None, "acme/eval", "*"),
+        ]
+
+
 @pytest.mark.parametrize("name", ["a", "x" * 64, "org/model", "a.b_c-d/0-e", "9" * 64 + "/z"])
 def test_valid_names_are_accepted(dev, name):
     assert register(dev, name=name)["name"] == name
