@@ -12,7 +12,8 @@ import dataclasses
 from collections.abc import Iterable
 from typing import Any, cast
 
-from sqlalchemy import Table, bindparam, func, literal, select, text
+from sqlalchemy import String, Table, bindparam, func, literal, select, text
+from sqlalchemy.dialects import postgresql
 
 from app.assets.errors import AssetNotFoundError
 from app.assets.models import Asset, AssetDependency
@@ -259,24 +260,14 @@ def lock_edges(resolution: Resolution) -> None:
 # ---- reads -----------------------------------------------------------------------------------
 
 
-def dependency_graph(
-    session: DbSession, asset_id: str, *, reverse: bool, max_depth: int | None
-) -> dict[str, Any]:
-    """The transitive locked graph from ``asset_id`` (``reverse``: its dependents), computed by a
-    recursive CTE; nodes at their smallest depth, ordered by (depth, name, version).
-
-    A read on the hot path: three Core statements (the root, the walk joined to its assets, the
-    edges between them) on one connection, no ORM objects."""
+def _graph_statements(reverse: bool) -> tuple[Any, Any]:
+    """The walk (joined to its assets) and the edges between reached nodes, for one direction:
+    built once, bound per request (``root``, ``limit``, ``ids``)."""
     assets, edges = _ASSETS, _EDGES
-    connection = session.connection()
-    root = connection.execute(select(assets.c.deleted_at).where(assets.c.id == asset_id)).first()
-    if root is None or root.deleted_at is not None:
-        raise AssetNotFoundError(asset_id)
-    limit = MAX_WALK_DEPTH if max_depth is None else max_depth + 1
     near, far = edges.c.asset_id, edges.c.resolved_id
     if reverse:
         near, far = far, near
-    walk = select(literal(asset_id).label("id"), literal(0).label("depth")).cte(
+    walk = select(bindparam("root", type_=String).label("id"), literal(0).label("depth")).cte(
         "walk", recursive=True
     )
     # A deleted asset has left every read (§4): the walk neither shows it nor goes through it.
@@ -284,32 +275,66 @@ def dependency_graph(
         select(far.label("id"), (walk.c.depth + 1).label("depth"))
         .join(walk, near == walk.c.id)
         .join(assets, assets.c.id == far)
-        .where(assets.c.deleted_at.is_(None), walk.c.depth < bindparam("limit", limit))
+        .where(assets.c.deleted_at.is_(None), walk.c.depth < bindparam("limit"))
     )
     depths = select(walk.c.id, func.min(walk.c.depth).label("depth")).group_by(walk.c.id)
     reached = depths.subquery("reached")
-    rows = connection.execute(
-        select(
-            assets.c.id,
-            assets.c.asset_type,
-            assets.c.name,
-            assets.c.version,
-            assets.c.version_sort,
-            assets.c.status,
-            reached.c.depth,
-        ).join(reached, reached.c.id == assets.c.id)
-    ).all()
+    # The root comes back with the walk (depth 0), deleted or not: one statement answers both
+    # "does it exist" and "what does it reach".
+    nodes = select(
+        assets.c.id,
+        assets.c.asset_type,
+        assets.c.name,
+        assets.c.version,
+        assets.c.version_sort,
+        assets.c.status,
+        assets.c.deleted_at,
+        reached.c.depth,
+    ).join(reached, reached.c.id == assets.c.id)
+    ids_pg = bindparam("ids", type_=postgresql.ARRAY(String))
+    between = {
+        # One array parameter: the same SQL text for every graph (prepared once per connection).
+        "postgresql": (edges.c.asset_id == func.any(ids_pg))
+        & (edges.c.resolved_id == func.any(ids_pg)),
+        "other": edges.c.asset_id.in_(bindparam("ids", expanding=True))
+        & edges.c.resolved_id.in_(bindparam("ids", expanding=True)),
+    }
+    edge_reads = {
+        dialect: select(edges.c.asset_id, edges.c.resolved_id, edges.c.version_range)
+        .where(where)
+        .order_by(edges.c.asset_id, edges.c.position)
+        for dialect, where in between.items()
+    }
+    return nodes, edge_reads
+
+
+_GRAPH_STATEMENTS = {reverse: _graph_statements(reverse) for reverse in (False, True)}
+
+
+def dependency_graph(
+    session: DbSession, asset_id: str, *, reverse: bool, max_depth: int | None
+) -> dict[str, Any]:
+    """The transitive locked graph from ``asset_id`` (``reverse``: its dependents), computed by a
+    recursive CTE; nodes at their smallest depth, ordered by (depth, name, version).
+
+    A read on the hot path: two Core statements built once (the walk joined to its assets,
+    the root included; the edges between them) on one connection, no ORM objects."""
+    connection = session.connection()
+    walk, edge_reads = _GRAPH_STATEMENTS[reverse]
+    limit = MAX_WALK_DEPTH if max_depth is None else max_depth + 1
+    found = connection.execute(walk, {"root": asset_id, "limit": limit}).all()
+    root = next((row for row in found if row.id == asset_id), None)
+    if root is None or root.deleted_at is not None:
+        raise AssetNotFoundError(asset_id)
+    rows = found
     truncated = max_depth is not None and any(row.depth > max_depth for row in rows)
     nodes = sorted(
         (row for row in rows if max_depth is None or row.depth <= max_depth),
         key=lambda row: (row.depth, row.name, row.version_sort),
     )
     ids = [row.id for row in nodes]
-    edge_rows = connection.execute(
-        select(edges.c.asset_id, edges.c.resolved_id, edges.c.version_range)
-        .where(edges.c.asset_id.in_(ids), edges.c.resolved_id.in_(ids))
-        .order_by(edges.c.asset_id, edges.c.position)
-    ).all()
+    dialect = "postgresql" if connection.dialect.name == "postgresql" else "other"
+    edge_rows = connection.execute(edge_reads[dialect], {"ids": ids}).all()
     return {
         "root": asset_id,
         "nodes": [
