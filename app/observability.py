@@ -8,12 +8,24 @@ import re
 import sys
 import time
 import uuid
+from collections.abc import Sequence
 from typing import Any
 
 from flask import Flask, Response, g, request
 from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
-from opentelemetry.trace import SpanKind, Status, StatusCode
+from opentelemetry.context import Context
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.sampling import (
+    ALWAYS_OFF,
+    ALWAYS_ON,
+    ParentBased,
+    Sampler,
+    SamplingResult,
+)
+from opentelemetry.trace import Link, SpanKind, Status, StatusCode
+from opentelemetry.trace.span import TraceState
+from opentelemetry.util.types import Attributes
 from pythonjsonlogger.json import JsonFormatter
 
 from app.context import actor_var, current_trace_id, request_id_var
@@ -61,6 +73,40 @@ def configure_logging(level: str) -> None:
 _tracing_ready = False
 
 
+class RecordWhenProcessed(Sampler):
+    """Spans are recorded (parent-based, always on) while the tracer provider has a span
+    processor to hand them to (an exporter); without one a span keeps its trace and span ids
+    (for logs, events and the traceparent passed on) but is not built, timed and dropped: that
+    cost a cached read 4% of its time for nothing."""
+
+    def __init__(self) -> None:
+        self.provider: TracerProvider | None = None
+        self._on = ParentBased(ALWAYS_ON)
+
+    def _processed(self) -> bool:
+        multi = getattr(self.provider, "_active_span_processor", None)
+        processors = getattr(multi, "_span_processors", None)
+        return processors is None or bool(processors)  # unknown SDK internals: record
+
+    def should_sample(
+        self,
+        parent_context: Context | None,
+        trace_id: int,
+        name: str,
+        kind: SpanKind | None = None,
+        attributes: Attributes = None,
+        links: Sequence[Link] | None = None,
+        trace_state: TraceState | None = None,
+    ) -> SamplingResult:
+        sampler = self._on if self._processed() else ALWAYS_OFF
+        return sampler.should_sample(
+            parent_context, trace_id, name, kind, attributes, links, trace_state
+        )
+
+    def get_description(self) -> str:
+        return "RecordWhenProcessed"
+
+
 def init_tracing(otlp_endpoint: str | None = None, service_name: str = "llm-registry") -> None:
     """The OpenTelemetry SDK's tracer provider, once per process, so that every request and
     task has a trace id (for logs and events) and a caller's ``traceparent`` is continued.
@@ -72,11 +118,14 @@ def init_tracing(otlp_endpoint: str | None = None, service_name: str = "llm-regi
     if _tracing_ready:
         return
     from opentelemetry.sdk.resources import Resource
-    from opentelemetry.sdk.trace import TracerProvider
 
     provider = trace.get_tracer_provider()
     if not isinstance(provider, TracerProvider):
-        provider = TracerProvider(resource=Resource.create({"service.name": service_name}))
+        sampler = RecordWhenProcessed()
+        provider = TracerProvider(
+            resource=Resource.create({"service.name": service_name}), sampler=sampler
+        )
+        sampler.provider = provider
         trace.set_tracer_provider(provider)
     if otlp_endpoint:
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
