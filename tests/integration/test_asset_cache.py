@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 import redis
 from flask import Flask
+from redis.connection import AbstractConnection
 
 from app.cache import CachedEntry, ReadCache, RedisReadCache, SqliteMemoryReadCache
 from app.metrics import CACHE_OPERATIONS
@@ -81,6 +82,30 @@ def test_redis_invalidate_all_forgets_every_entry(redis_cache: RedisReadCache) -
     assert all(redis_cache.lookup(asset_id)[0] is None for asset_id in ids)
     redis_cache.store("test-racing-reader", token, CachedEntry('"e"', b"{}"))
     assert redis_cache.lookup("test-racing-reader")[0] is None
+
+
+def test_redis_a_dropped_connection_is_replaced_without_a_miss(
+    redis_cache: RedisReadCache,
+) -> None:
+    # Redis restarted, a proxy timed the connection out: the next read reconnects and is
+    # answered, rather than counted as an error and the cache left alone for seconds.
+    asset_id = f"test-{uuid.uuid4().hex}"
+    _, token = redis_cache.lookup(asset_id)
+    redis_cache.store(asset_id, token, CachedEntry('"e"', b"{}"))
+    assert redis_cache.lookup(asset_id)[0] is not None
+    reading = redis_cache._reader.connection  # the connection the hot path reads on
+    host, port = reading._sock.getsockname()[:2]
+    admin = redis.Redis.from_url(f"{REDIS_BASE_URL}/0")
+    try:
+        assert admin.client_kill(f"{host}:{port}")
+    finally:
+        admin.close()
+    errors = _count("get", "error")
+
+    hit, _ = redis_cache.lookup(asset_id)
+
+    assert hit is not None and hit.etag == '"e"'
+    assert _count("get", "error") == errors
 
 
 def test_memory_a_store_after_a_change_is_dropped(tmp_path: Path) -> None:
@@ -288,17 +313,17 @@ def test_a_cached_authenticated_read_is_one_redis_round_trip(
     asset_id = _register(dev)
     for _ in range(2):  # warm
         assert dev.get(f"/v1/assets/{asset_id}").status_code == 200
-    cache = redis_app.extensions["read_cache"]
-    store = redis_app.extensions["revocation_store"]
     sent: list[str] = []
-    for redis_client in {id(cache.client): cache.client, id(store.client): store.client}.values():
-        original = redis_client.execute_command
+    original = AbstractConnection.send_packed_command
 
-        def counting(*args: Any, _original: Any = original, **kwargs: Any) -> Any:
-            sent.append(str(args[0]))
-            return _original(*args, **kwargs)
+    def counting(connection: Any, command: Any, check_health: bool = True) -> None:
+        # Every command of every Redis connection of this process, pooled or not: its name is
+        # the first bulk string of the packed command.
+        data = b"".join(command) if isinstance(command, list | tuple) else bytes(command)
+        sent.append(data.split(b"\r\n")[2].decode())
+        original(connection, command, check_health)
 
-        monkeypatch.setattr(redis_client, "execute_command", counting)
+    monkeypatch.setattr(AbstractConnection, "send_packed_command", counting)
     queries = _count_queries(redis_app)
     for _ in range(5):
         response = dev.get(f"/v1/assets/{asset_id}")
