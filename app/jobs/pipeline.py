@@ -14,10 +14,10 @@ import datetime as dt
 import logging
 import time
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, cast
 
 from opentelemetry import trace
-from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy import Table, and_, func, or_, select, update
 from sqlalchemy.orm import joinedload
 
 from app.assets.models import Asset
@@ -28,6 +28,8 @@ from app.extensions import db
 from app.jobs.models import Job, JobStep
 from app.jobs.queue import QUEUE_DEFAULT, RUN_REGISTRATION, enqueue_after_commit
 from app.metrics import JOB_DURATION
+
+_JOBS = cast(Table, Job.__table__)
 
 log = logging.getLogger(__name__)
 _tracer = trace.get_tracer(__name__)
@@ -87,8 +89,12 @@ class JobContext:
         # follows, in one flush with the rest (one UPDATE per row, not one per step started).
         with db.session.no_autoflush:
             result = db.session.execute(
-                update(Job)
-                .where(Job.id == self.job_id, Job.worker == self.worker, Job.status == "running")
+                update(_JOBS)
+                .where(
+                    _JOBS.c.id == self.job_id,
+                    _JOBS.c.worker == self.worker,
+                    _JOBS.c.status == "running",
+                )
                 .values(heartbeat_at=utcnow())
             )
         if result.rowcount != 1:  # type: ignore[attr-defined]
@@ -110,15 +116,16 @@ def claim_job(job_id: str, worker: str) -> bool:
     """Take the job if it is queued, or running under a stale lease (commits)."""
     now = utcnow()
     stale = now - dt.timedelta(seconds=LEASE_SECONDS)
+    jobs = _JOBS.c
     result = db.session.execute(
-        update(Job)
+        update(_JOBS)
         .where(
-            Job.id == job_id,
+            jobs.id == job_id,
             or_(
-                Job.status == "queued",
+                jobs.status == "queued",
                 and_(
-                    Job.status == "running",
-                    or_(Job.heartbeat_at.is_(None), Job.heartbeat_at < stale),
+                    jobs.status == "running",
+                    or_(jobs.heartbeat_at.is_(None), jobs.heartbeat_at < stale),
                 ),
             ),
         )
@@ -126,8 +133,8 @@ def claim_job(job_id: str, worker: str) -> bool:
             status="running",
             worker=worker,
             heartbeat_at=now,
-            attempts=Job.attempts + 1,
-            started_at=func.coalesce(Job.started_at, now),
+            attempts=jobs.attempts + 1,
+            started_at=func.coalesce(jobs.started_at, now),
         )
     )
     db.session.commit()
@@ -207,10 +214,24 @@ def run_registration(
         log.info("job %s is finished or running elsewhere", job_id)
         return
     context = JobContext(job_id, worker)
-    # The job with its steps, the asset with its tags and dependencies: one query each, not
-    # one per collection.
-    job = db.session.get(Job, job_id, options=[joinedload(Job.steps)])
-    assert job is not None
+    # The job with its steps and its asset with the asset's tags and dependencies: one query
+    # (joined eager loads), not one per object and collection.
+    loaded = (
+        db.session.execute(
+            select(Job, Asset)
+            .outerjoin(Asset, Asset.id == Job.asset_id)
+            .options(
+                joinedload(Job.steps),
+                joinedload(Asset.tag_rows),
+                joinedload(Asset.dependency_rows),
+            )
+            .where(Job.id == job_id)
+        )
+        .unique()
+        .first()
+    )
+    assert loaded is not None
+    job, asset = loaded
     adopt_context(job)
     if job.attempts > MAX_ATTEMPTS:
         fail_job(
@@ -220,15 +241,6 @@ def run_registration(
             worker,
         )
         return
-    asset = (
-        db.session.get(
-            Asset,
-            job.asset_id,
-            options=[joinedload(Asset.tag_rows), joinedload(Asset.dependency_rows)],
-        )
-        if job.asset_id
-        else None
-    )
     if asset is None or asset.deleted_at is not None:
         fail_job(job_id, "INTERNAL_ERROR", "the asset was deleted before it was validated", worker)
         return
