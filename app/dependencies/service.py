@@ -322,11 +322,10 @@ def dependency_graph(
     connection = session.connection()
     walk, edge_reads = _GRAPH_STATEMENTS[reverse]
     limit = MAX_WALK_DEPTH if max_depth is None else max_depth + 1
-    found = connection.execute(walk, {"root": asset_id, "limit": limit}).all()
-    root = next((row for row in found if row.id == asset_id), None)
+    rows = connection.execute(walk, {"root": asset_id, "limit": limit}).all()
+    root = next((row for row in rows if row.id == asset_id), None)
     if root is None or root.deleted_at is not None:
         raise AssetNotFoundError(asset_id)
-    rows = found
     truncated = max_depth is not None and any(row.depth > max_depth for row in rows)
     nodes = sorted(
         (row for row in rows if max_depth is None or row.depth <= max_depth),
