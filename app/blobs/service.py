@@ -242,6 +242,17 @@ def content_key(asset: Asset) -> str | None:
     return None
 
 
+def content_size(asset: Asset, context: JobContext) -> int | None:
+    """The size of the asset's content in the store, None when there is no object under its key
+    (or no key): asked once per run of a job (deciding whether its steps may take long, then
+    the checksum step). A store that fails raises ``StorageError`` and nothing is remembered."""
+    if "content_size" not in context.memo:
+        key = content_key(asset)
+        context.memo["content_size"] = _store().size(key) if key else None
+    size: int | None = context.memo["content_size"]
+    return size
+
+
 def read_asset_content(
     asset_id: str,
     range_header: str | None,
@@ -302,7 +313,7 @@ def verify_content_step(asset: Asset, context: JobContext) -> StepResult:
             "failed", f"{uri} is not inside the blob store {store.url}", "BLOB_NOT_FOUND"
         )
     try:
-        size = store.size(key)
+        size = content_size(asset, context)
         if size is None:
             return StepResult(
                 "failed",

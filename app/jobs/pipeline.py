@@ -65,7 +65,8 @@ class JobContext:
     job_id: str
     worker: str
     last_beat: float = dataclasses.field(default_factory=time.monotonic)
-    # What one run of the job computes once and several steps read (the suites in force).
+    # What one run of the job computes once and several steps read (the policies and suites
+    # in force, the content's size).
     memo: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     def heartbeat(self, force: bool = False) -> None:

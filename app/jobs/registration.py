@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-from flask import current_app
-
 from app.assets.models import Asset
-from app.blobs.service import content_key, verify_content_step
+from app.blobs.service import content_size, verify_content_step
 from app.compliance.service import (
     applicable_suites,
     create_scan_job,
@@ -40,17 +38,14 @@ QUICK_CONTENT_BYTES = 4 * 1024 * 1024
 
 
 def content_may_take_long(asset: Asset, context: pipeline.JobContext) -> bool:
-    """Content to read, unless the store says it is small (asked once per run of a job); an
-    unknown size (no object, the store away) counts as long, and the step says what is wrong."""
+    """Content to read, unless the store says it is small; an unknown size (no object, the
+    store away) counts as long, and the step says what is wrong."""
     if not (asset.checksum_value or asset.storage_uri):
         return False
-    if "content_size" not in context.memo:
-        key, store = content_key(asset), current_app.extensions["blob_store"]
-        try:
-            context.memo["content_size"] = store.size(key) if key else None
-        except StorageError:
-            context.memo["content_size"] = None
-    size = context.memo["content_size"]
+    try:
+        size = content_size(asset, context)
+    except StorageError:
+        return True
     return size is None or size > QUICK_CONTENT_BYTES
 
 

@@ -13,6 +13,7 @@ from flask import Flask
 from app.assets.models import Asset
 from app.jobs.pipeline import JobContext
 from app.jobs.registration import QUICK_CONTENT_BYTES, content_may_take_long
+from app.storage import StorageError
 
 pytestmark = pytest.mark.integration
 
@@ -50,3 +51,21 @@ def test_the_store_is_asked_once_per_run_of_a_job(app: Flask) -> None:
 
     assert content_may_take_long(asset, context) is False  # the checksum step and the scan step
     assert content_may_take_long(asset, JobContext("job-2", "w")) is True
+
+
+def test_a_store_that_fails_makes_content_long_and_is_asked_again(
+    app: Flask, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    asset = _with_content(app, 1024)
+    context = JobContext("job-1", "w")
+    store = app.extensions["blob_store"]
+    working = store.size
+
+    def failing(_key: str) -> int | None:
+        raise StorageError("the store is away")
+
+    monkeypatch.setattr(store, "size", failing)
+    assert content_may_take_long(asset, context) is True
+
+    monkeypatch.setattr(store, "size", working)
+    assert content_may_take_long(asset, context) is False  # nothing was remembered
