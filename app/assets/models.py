@@ -27,6 +27,11 @@ STATUSES = ("pending", "validating", "active", "rejected", "deprecated", "archiv
 COMPLIANCE_STATUSES = ("compliant", "warning", "non_compliant", "unknown")
 CHECKSUM_ALGORITHMS = ("SHA256", "SHA3_256", "BLAKE3")
 LIVE = text("deleted_at IS NULL")  # not soft-deleted: what reads and lists show
+# The versions a policy or test-suite run may pick (see latest_active_governance): few rows in
+# any registry, so every job's read of what is in force walks a tiny index, whatever the stats.
+GOVERNANCE_IN_FORCE = text(
+    "asset_type IN ('policy', 'test_suite') AND status = 'active' AND deleted_at IS NULL"
+)
 # Made by migration 0007 on PostgreSQL only (an ordering SQLite indexes cannot declare, and
 # pg_trgm GIN indexes on expressions): autogenerate leaves them alone (migrations/env.py).
 PG_ONLY_INDEXES = frozenset(
@@ -81,6 +86,15 @@ class Asset(Base):
             "asset_type",
             postgresql_where=LIVE,
             sqlite_where=LIVE,
+        ),
+        Index(
+            "ix_assets_governance_in_force",
+            "asset_type",
+            "name",
+            "prerelease",
+            "version_sort",
+            postgresql_where=GOVERNANCE_IN_FORCE,
+            sqlite_where=GOVERNANCE_IN_FORCE,
         ),
     )
 

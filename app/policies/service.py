@@ -11,7 +11,7 @@ import dataclasses
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Literal
 
-from sqlalchemy import func, select
+from sqlalchemy import Select, bindparam, func, literal, select
 from sqlalchemy.orm import Session, scoped_session
 
 from app.assets.models import Asset
@@ -130,11 +130,14 @@ def summarize(results: Sequence[RuleResult]) -> tuple[ComplianceStatus, list[Rul
     return "compliant", violations
 
 
-def _latest_active(
-    session: Session | scoped_session[Any], asset_types: tuple[str, ...]
-) -> list[Asset]:
+def latest_active_statement(asset_types: tuple[str, ...]) -> Select[tuple[Asset]]:
+    """The latest-active versions of ``asset_types`` (policies, suites), by name."""
     # Of each name, the /latest rule of CONTRACT.md §4: active, not deleted, releases before
     # pre-releases (False sorts first), then the highest SemVer. One query with a window.
+    # The types and the status are written into the SQL, not bound, so that the plan, the
+    # prepared statement's generic one too, sees that only ix_assets_governance_in_force's rows
+    # can match; with bound values it guesses from a table of mostly active models that every
+    # row may, and sorts the whole table for each job.
     ranked = (
         select(
             Asset.id,
@@ -146,20 +149,26 @@ def _latest_active(
             .label("rank"),
         )
         .where(
-            Asset.asset_type.in_(asset_types),
-            Asset.status == "active",
+            Asset.asset_type.in_(
+                bindparam("types", list(asset_types), expanding=True, literal_execute=True)
+            ),
+            Asset.status == literal("active", literal_execute=True),
             Asset.deleted_at.is_(None),
         )
         .subquery()
     )
-    return list(
-        session.scalars(
-            select(Asset)
-            .join(ranked, Asset.id == ranked.c.id)
-            .where(ranked.c.rank == 1)
-            .order_by(Asset.name)
-        )
+    return (
+        select(Asset)
+        .join(ranked, Asset.id == ranked.c.id)
+        .where(ranked.c.rank == 1)
+        .order_by(Asset.name)
     )
+
+
+def _latest_active(
+    session: Session | scoped_session[Any], asset_types: tuple[str, ...]
+) -> list[Asset]:
+    return list(session.scalars(latest_active_statement(asset_types)))
 
 
 def latest_active_policies(session: Session | scoped_session[Any]) -> list[Asset]:

@@ -3,16 +3,21 @@ case; and which version of each policy or suite is in force (CONTRACT.md §4 /la
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import pytest
 from flask import Flask
-from sqlalchemy import update
+from sqlalchemy import insert, text, update
 
 from app.assets.models import Asset
 from app.db import utcnow
 from app.extensions import db
-from app.policies.service import latest_active_policies, latest_active_suites
+from app.policies.service import (
+    latest_active_policies,
+    latest_active_statement,
+    latest_active_suites,
+)
 from tests.helpers import problem, set_status
 
 pytestmark = pytest.mark.integration
@@ -169,3 +174,67 @@ def test_latest_active_version_of_each_policy_and_suite(app: Flask, dev: Any) ->
         ("pol-b", "1.0.0"),
         ("pol-d", "0.9.0"),
     ]
+
+
+@pytest.mark.parametrize("backend", ["pg"])
+def test_in_force_read_walks_only_governance_rows(app: Flask) -> None:
+    """Every registration job reads what is in force: on a table of active models that read
+    touches the small governance index, not every row (the plan the job's prepared statement
+    keeps, given the statement's own SQL)."""
+    now = utcnow()
+    rows = [
+        {
+            "id": f"01PLAN{n:020d}",
+            "asset_type": "model",
+            "name": "plan-model",
+            "version": f"1.0.{n}",
+            "version_key": f"1.0.{n}",
+            "version_sort": n.to_bytes(4, "big"),
+            "prerelease": False,
+            "annotations": {},
+            "status": "active",
+            "compliance_status": "unknown",
+            "created_by": "plan",
+            "created_at": now,
+            "updated_at": now,
+            "row_version": 1,
+        }
+        for n in range(3000)
+    ]
+    db.session.execute(
+        text(
+            "INSERT INTO asset_names (name, asset_type, created_at) "
+            "VALUES ('plan-model', 'model', now())"
+        )
+    )
+    db.session.execute(insert(Asset), rows)
+    db.session.execute(text("ANALYZE assets"))
+    # The statement as the job's connection prepares it (bound values as $n), planned the way
+    # a prepared statement is once PostgreSQL settles on a generic plan.
+    compiled = latest_active_statement(("policy", "test_suite")).compile(
+        dialect=db.session.get_bind().dialect, compile_kwargs={"render_postcompile": True}
+    )
+    names: list[str] = []
+
+    def positional(match: re.Match[str]) -> str:
+        names.append(match.group(1))
+        return f"${len(names)}"
+
+    sql = re.sub(r"%\((\w+)\)s", positional, str(compiled))
+    db.session.execute(text("SET LOCAL plan_cache_mode = force_generic_plan"))
+    db.session.execute(text(f"PREPARE in_force AS {sql}"))
+    values = ", ".join(repr(compiled.params[name]) for name in names)
+    plan = db.session.execute(
+        text(f"EXPLAIN (FORMAT JSON) EXECUTE in_force({values})")
+    ).scalar_one()
+    db.session.execute(text("DEALLOCATE in_force"))
+    scans = []
+
+    def walk(node: dict[str, Any]) -> None:
+        if node.get("Relation Name") == "assets" and node.get("Alias") != "assets":
+            scans.append((node["Node Type"], node.get("Index Name")))
+        for child in node.get("Plans", []):
+            walk(child)
+
+    walk(plan[0]["Plan"])
+    assert scans == [("Index Scan", "ix_assets_governance_in_force")], scans
