@@ -395,9 +395,12 @@ def _cycle_result(cycle: list[str]) -> StepResult:
 
 def activate(asset: Asset, context: JobContext) -> StepResult | None:
     """Make the asset ``active`` unless, under the graph lock, the live graph now has a cycle
-    through it (another registration activated meanwhile). The caller commits."""
-    serialize_graph_changes(db.session, context)
+    through it (another registration activated meanwhile). The caller commits.
+
+    Only an asset with edges of its own can close a cycle: one without waits for no lock (most
+    registrations: the lock is global, and waiting for it costs a commit of its own)."""
     if asset.dependency_rows:
+        serialize_graph_changes(db.session, context)
         cycle = find_cycle(db.session, asset)
         if cycle is not None:
             return _cycle_result(cycle)

@@ -8,6 +8,7 @@ queries touch the database, through the session they are given.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Literal
 
@@ -130,8 +131,10 @@ def summarize(results: Sequence[RuleResult]) -> tuple[ComplianceStatus, list[Rul
     return "compliant", violations
 
 
+@functools.cache
 def latest_active_statement(asset_types: tuple[str, ...]) -> Select[tuple[Asset]]:
-    """The latest-active versions of ``asset_types`` (policies, suites), by name."""
+    """The latest-active versions of ``asset_types`` (policies, suites), by name. Built once
+    per tuple of types: its cache key is then worked out once, not at every job."""
     # Of each name, the /latest rule of CONTRACT.md §4: active, not deleted, releases before
     # pre-releases (False sorts first), then the highest SemVer. One query with a window.
     # The types and the status are written into the SQL, not bound, so that the plan, the

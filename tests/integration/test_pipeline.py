@@ -735,11 +735,12 @@ def _wait_for(condition: Any, timeout: float = 20) -> None:
 def test_a_worker_whose_lease_was_taken_over_writes_no_verdict(stack: Stack) -> None:
     """A worker stalls longer than its lease (here: waiting for the graph lock) and another
     takes the job over. When the first wakes up it must not write a verdict of its own."""
+    [base] = settle_all(stack, [model(unique("stalled-base"))])
     with _pg(stack) as holder:
         holder.execute("SELECT pg_advisory_lock(%s)", (GRAPH_LOCK,))
-        doc = stack.register(model(unique("stalled")))
+        doc = stack.register(model(unique("stalled"), dependencies=[{"id": base["id"]}]))
         job_id = doc["job"]["id"]
-        _wait_for(lambda: _waiting_for_graph_lock(stack) == 1)  # the first worker, activating
+        _wait_for(lambda: _waiting_for_graph_lock(stack) == 1)  # the first worker, resolving
         # Its lease goes stale (as after LEASE_SECONDS without a heartbeat); beat requeues it
         # and the other worker process takes the job and waits for the same lock.
         stale = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=LEASE_SECONDS + 5)
@@ -759,6 +760,21 @@ def test_a_worker_whose_lease_was_taken_over_writes_no_verdict(stack: Stack) -> 
         "compliance_changed",
         "asset_validated",
     ], types
+
+
+def test_a_registration_without_edges_activates_while_the_graph_lock_is_held(
+    stack: Stack,
+) -> None:
+    """Only edges close cycles: an asset with no dependencies is not held up by resolution or
+    activation going on elsewhere (here: the graph lock held throughout)."""
+    with _pg(stack) as holder:
+        holder.execute("SELECT pg_advisory_lock(%s)", (GRAPH_LOCK,))
+        try:
+            job, asset = stack.settle(model(unique("edgeless")))
+            assert _waiting_for_graph_lock(stack) == 0
+        finally:
+            holder.execute("SELECT pg_advisory_unlock(%s)", (GRAPH_LOCK,))
+    assert_active(job, asset)
 
 
 def test_the_reaper_never_requeues_a_job_while_its_worker_commits(
