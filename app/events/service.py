@@ -5,9 +5,10 @@ Ordering. An event's ``seq`` is taken when its transaction commits, under a lock
 writers take one at a time (a transaction-scoped advisory lock on PostgreSQL; SQLite's
 ``BEGIN IMMEDIATE`` already lets one writer in at a time). The lock is released only after the
 commit is visible, so ``seq`` order is commit order: a reader that has seen event *n* has seen
-every event before it, and the relay and ``GET /v1/events?after=`` never skip one. Everything
-else the transaction writes is flushed before the lock is taken, so the lock is held for two
-short statements and cannot deadlock with row locks.
+every event before it, and the relay and ``GET /v1/events?after=`` never skip one. Events are
+inserted at that point, numbered, by one Core statement (not through the unit of work), after
+everything else the transaction writes has been flushed: the lock is held for two short
+statements and cannot deadlock with row locks.
 """
 
 from __future__ import annotations
@@ -19,13 +20,11 @@ from typing import Any
 
 from cloudevents.core.formats.json import JSONFormat
 from cloudevents.core.v1.event import CloudEvent
-from sqlalchemy import Table, bindparam, event, func, select, text, update
-from sqlalchemy import inspect as sa_inspect
-from sqlalchemy.orm import Session, SessionTransaction
-from sqlalchemy.orm.attributes import set_committed_value
+from sqlalchemy import Table, event, func, insert, select, text, update
+from sqlalchemy.orm import Session, SessionTransaction, scoped_session
 
 from app.context import actor_var, current_span_id, current_trace_id, request_id_var
-from app.db import DbSession, utcnow
+from app.db import DbSession, new_id, utcnow
 from app.errors import ValidationFailedError
 from app.events.models import EVENT_TYPES, Event, RelayState
 
@@ -41,8 +40,12 @@ _FORMAT = JSONFormat()
 def record_event(
     session: DbSession, event_type: str, asset_id: str | None, data: dict[str, Any]
 ) -> Event:
-    """Add one event row to ``session`` (no commit: it lands with the change it describes, and
-    gets its place in the feed when that transaction commits).
+    """Record one event in ``session``'s transaction (no commit: it lands with the change it
+    describes, and gets its place in the feed when that transaction commits).
+
+    The row is not added to the session: it is inserted when the transaction commits, already
+    numbered, by one Core statement under the event lock (see ``_insert_pending_events``). An
+    event recorded inside a savepoint that rolls back is dropped with it.
 
     Actor, request id and trace id are taken from the current request or task context.
     Raises ``ValueError`` for a type that CONTRACT.md §7 does not list.
@@ -50,6 +53,8 @@ def record_event(
     if event_type not in EVENT_TYPES:
         raise ValueError(f"unknown event type {event_type!r}")
     row = Event(
+        id=new_id(),
+        seq=None,
         type=event_type,
         asset_id=asset_id,
         data=data,
@@ -57,64 +62,73 @@ def record_event(
         request_id=request_id_var.get(),
         trace_id=current_trace_id(),
         span_id=current_span_id(),
+        created_at=utcnow(),
+        published_at=None,
     )
-    session.add(row)
-    session.info.setdefault(_PENDING, []).append(row)
+    own = session() if isinstance(session, scoped_session) else session
+    # The innermost transaction it was recorded in, so that a savepoint's rollback drops
+    # exactly its own events (begun here if nothing ran yet: a rollback then drops it too).
+    recorded_in = own.get_nested_transaction() or own.get_transaction() or own.begin()
+    own.info.setdefault(_PENDING, []).append((row, recorded_in))
     return row
 
 
 @event.listens_for(Session, "before_commit")
-def _sequence_pending_events(session: Session) -> None:
-    pending: list[Event] | None = session.info.pop(_PENDING, None)
+def _insert_pending_events(session: Session) -> None:
+    pending: list[tuple[Event, SessionTransaction]] | None = session.info.pop(_PENDING, None)
     if not pending:
         return
     session.flush()  # the rest of the transaction first: under the lock only events are touched
-    # An event added inside a savepoint that rolled back is gone with it.
-    rows = [row for row in pending if sa_inspect(row).persistent]
-    if rows:
-        assign_sequence(session, rows)
+    insert_numbered(session, [row for row, _ in pending])
 
 
 @event.listens_for(Session, "after_soft_rollback")
 def _drop_pending_events(session: Session, previous_transaction: SessionTransaction) -> None:
-    # Only when the whole transaction rolls back: a savepoint's rollback keeps the events
-    # recorded before it (its own are filtered out at commit, no longer persistent).
-    if previous_transaction.parent is None:
+    if previous_transaction.parent is None:  # the whole transaction
         session.info.pop(_PENDING, None)
+        return
+    # A savepoint: the events recorded inside it (or inside savepoints within it) go with it.
+    pending = session.info.get(_PENDING)
+    if pending:
+        pending[:] = [
+            (row, recorded_in)
+            for row, recorded_in in pending
+            if not _within(recorded_in, previous_transaction)
+        ]
 
 
-def assign_sequence(session: Session, rows: Sequence[Event]) -> None:
-    """Give ``rows`` (flushed, in this order) the next feed positions; called just before the
+def _within(transaction: SessionTransaction | None, outer: SessionTransaction) -> bool:
+    while transaction is not None:
+        if transaction is outer:
+            return True
+        transaction = transaction.parent
+    return False
+
+
+def insert_numbered(session: Session, rows: Sequence[Event]) -> None:
+    """INSERT ``rows`` with the next feed positions, in this order; called just before the
     commit, holding the event commit lock until the transaction ends."""
     connection = session.connection()
     table = Event.__table__
     assert isinstance(table, Table)
+    values = [{c.key: getattr(row, c.key) for c in table.columns} for row in rows]
     if connection.dialect.name == "postgresql":
-        connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": EVENT_COMMIT_LOCK})
+        connection.execute(_LOCK, {"key": EVENT_COMMIT_LOCK})
         if len(rows) == 1:  # the common case: one statement under the lock
-            number = connection.execute(
-                update(table)
-                .where(table.c.id == rows[0].id)
-                .values(seq=func.nextval("events_seq"))
-                .returning(table.c.seq)
-            ).scalar_one()
-            set_committed_value(rows[0], "seq", number)
+            rows[0].seq = connection.execute(_INSERT_NEXT, values[0]).scalar_one()
             return
-        numbers = sorted(
-            connection.execute(
-                text("SELECT nextval('events_seq') FROM generate_series(1, :n)"),
-                {"n": len(rows)},
-            ).scalars()
-        )
+        numbers = sorted(connection.execute(_NEXT_N, {"n": len(rows)}).scalars())
     else:  # SQLite: this transaction already holds the database's only write lock
         start = connection.execute(select(func.max(Event.seq))).scalar_one() or 0
         numbers = list(range(start + 1, start + 1 + len(rows)))
-    connection.execute(
-        update(table).where(table.c.id == bindparam("event_id")).values(seq=bindparam("number")),
-        [{"event_id": row.id, "number": n} for row, n in zip(rows, numbers, strict=True)],
-    )
-    for row, n in zip(rows, numbers, strict=True):
-        set_committed_value(row, "seq", n)
+    for row, row_values, n in zip(rows, values, numbers, strict=True):
+        row.seq = row_values["seq"] = n
+    connection.execute(table.insert(), values)
+
+
+_LOCK = text("SELECT pg_advisory_xact_lock(:key)")
+_NEXT_N = text("SELECT nextval('events_seq') FROM generate_series(1, :n)")
+_INSERT_NEXT = insert(Event).values(seq=func.nextval("events_seq")).returning(Event.seq)
 
 
 # ---- reading -----------------------------------------------------------------------------
