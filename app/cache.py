@@ -38,7 +38,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Iterable
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 from cachetools import TTLCache
 from flask import g, has_request_context
@@ -94,8 +94,17 @@ class ReadCache:
         same round trip; None when this cache cannot (not Redis, another server, Redis away)."""
         return None
 
+    def lookup_many(self, keys: list[str]) -> list[tuple[CachedEntry | None, object]]:
+        """``lookup`` of each key (a list page's assets), in one round trip where it can."""
+        return [self.lookup(key) for key in keys]
+
     def store(self, key: str, token: object, entry: CachedEntry) -> None:
         """Keep ``entry`` unless the key changed since the ``lookup`` that gave ``token``."""
+
+    def store_many(self, stores: list[tuple[str, object, CachedEntry]]) -> None:
+        """``store`` of each (key, token, entry)."""
+        for key, token, entry in stores:
+            self.store(key, token, entry)
 
     def invalidate(self, keys: Iterable[str]) -> None:
         """Forget these assets (called after a commit that changed them)."""
@@ -211,6 +220,21 @@ class RedisReadCache(ReadCache):
         entry, token = self._found(raw, generation, epoch)
         return entry, token, values[2 * len(wanted) :]
 
+    def lookup_many(self, keys: list[str]) -> list[tuple[CachedEntry | None, object]]:
+        if not keys:
+            return []
+        if not self._available():
+            CACHE_OPERATIONS.labels("get", "error").inc(len(keys))
+            return [(None, None)] * len(keys)
+        # Each entry and its generation, and the epoch once: one MGET for the whole page.
+        wanted = [k for key in keys for k in self._keys(key)[:2]]
+        try:
+            *values, epoch = self._mget([*wanted, self._keys("")[2]])
+        except Exception as exc:
+            self._failed("get", exc)
+            return [(None, None)] * len(keys)
+        return [self._found(values[2 * i], values[2 * i + 1], epoch) for i in range(len(keys))]
+
     def _found(
         self, raw: bytes | None, generation: bytes | None, epoch_raw: bytes | None
     ) -> tuple[CachedEntry | None, object]:
@@ -224,23 +248,37 @@ class RedisReadCache(ReadCache):
         return None, ((generation or b"").decode(), epoch)
 
     def store(self, key: str, token: object, entry: CachedEntry) -> None:
-        if not isinstance(token, tuple) or not self._available():
+        self.store_many([(key, token, entry)])
+
+    def store_many(self, stores: list[tuple[str, object, CachedEntry]]) -> None:
+        stores = [item for item in stores if isinstance(item[1], tuple)]
+        if not stores or not self._available():
             return
-        generation, epoch = token
         try:
-            stored = self._store_script(
-                keys=self._keys(key),
-                args=[
-                    generation,
-                    epoch,
-                    epoch.encode() + b"\n" + entry.encode(),
-                    ENTRY_TTL_SECONDS,
-                ],
-            )
+            # Each store checks its own generation (a change since the lookup keeps the entry
+            # out); all of them in one pipeline.
+            pipe = self.client.pipeline(transaction=False)
+            for key, token, entry in stores:
+                generation, epoch = cast(tuple[str, str], token)
+                self._store_script(
+                    keys=self._keys(key),
+                    args=[
+                        generation,
+                        epoch,
+                        epoch.encode() + b"\n" + entry.encode(),
+                        ENTRY_TTL_SECONDS,
+                    ],
+                    client=pipe,
+                )
+            results = pipe.execute()
         except Exception as exc:
             self._failed("set", exc)
             return
-        CACHE_OPERATIONS.labels("set", "ok" if stored else "stale").inc()
+        stored = sum(1 for result in results if result)
+        if stored:
+            CACHE_OPERATIONS.labels("set", "ok").inc(stored)
+        if len(results) - stored:
+            CACHE_OPERATIONS.labels("set", "stale").inc(len(results) - stored)
 
     def invalidate(self, keys: Iterable[str]) -> None:
         ids = sorted(set(keys))

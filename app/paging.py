@@ -159,9 +159,11 @@ def paginate(
     cursor: str | None,
     bound_to: Mapping[str, Any],
     total: int | None = None,
+    as_rows: bool = False,
 ) -> Page[Any]:
     """One page of ``stmt`` (already filtered) in ``keys`` order, plus the filtered total
-    (counted here unless the caller knows it).
+    (counted here unless the caller knows it). Items are ``stmt``'s first column (an entity),
+    or with ``as_rows`` its rows (columns named as the keys read them).
 
     The last key must be unique (the id) so that the order is total.
     """
@@ -173,7 +175,10 @@ def paginate(
     page_stmt = stmt
     if cursor:
         page_stmt = page_stmt.where(keyset_predicate(keys, decode_cursor(cursor, keys, binding)))
-    rows = list(session.scalars(page_stmt.order_by(*order_by(keys)).limit(limit + 1)))
+    page_stmt = page_stmt.order_by(*order_by(keys)).limit(limit + 1)
+    rows: list[Any] = (
+        list(session.execute(page_stmt).all()) if as_rows else list(session.scalars(page_stmt))
+    )
     next_cursor = None
     if len(rows) > limit:
         rows = rows[:limit]

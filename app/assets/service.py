@@ -280,6 +280,13 @@ def get_asset(asset_id: str, *, include_deleted: bool = False) -> Asset:
     return asset
 
 
+def get_assets(asset_ids: list[str]) -> list[Asset]:
+    """The live assets among ``asset_ids`` (any order), with their tags and dependencies."""
+    return list(
+        db.session.scalars(select(Asset).where(Asset.id.in_(asset_ids), Asset.deleted_at.is_(None)))
+    )
+
+
 def read_asset(asset_id: str, actor: Identity, include_deleted: bool) -> Asset:
     """``GET /v1/assets/{id}``: deleted assets only for admins who ask for them."""
     if include_deleted and not actor.can("asset:read_deleted"):
@@ -309,9 +316,10 @@ _COUNTED_FILTERS = frozenset({"asset_type", "status", "compliance"})
 _NOT_FILTERS = frozenset({"sort", "order", "limit", "cursor"})
 
 
-def list_assets(args: Mapping[str, Any], actor: Identity) -> Page[Asset]:
+def list_assets(args: Mapping[str, Any], actor: Identity, *, ids_only: bool = False) -> Page[Any]:
     """A filtered, sorted page of assets (``GET /v1/assets``). Deleted ones only for admins who
-    ask with ``include_deleted``."""
+    ask with ``include_deleted``. With ``ids_only`` the items are rows of the assets' ids (and
+    sort values), for a caller that has the documents cached."""
     if args.get("include_deleted") and not actor.can("asset:read_deleted"):
         raise ForbiddenError("only admins may list deleted assets")
     stmt: Select[Any] = select(Asset)
@@ -356,14 +364,18 @@ def list_assets(args: Mapping[str, Any], actor: Identity) -> Page[Asset]:
         total = live_asset_total(
             db.session, args.get("asset_type"), args.get("status"), args.get("compliance")
         )
+    keys = _sort_keys(sort, order == "desc")
+    if ids_only:
+        stmt = stmt.with_only_columns(*dict.fromkeys(key.expression for key in keys))
     return paginate(
         db.session,
         stmt,
-        _sort_keys(sort, order == "desc"),
+        keys,
         limit=args["limit"],
         cursor=args.get("cursor"),
         bound_to=bound,
         total=total,
+        as_rows=ids_only,
     )
 
 

@@ -346,3 +346,73 @@ def _count_queries(app: Flask) -> Any:
 
     event.listen(engine, "before_cursor_execute", count)
     return lambda: len(seen)
+
+
+# ---- list pages: ids from the database, documents from the cache ------------------------------
+
+
+def test_a_list_page_shows_what_single_reads_show_and_follows_changes(
+    app: Flask, dev: Api, viewer: Api
+) -> None:
+    """A page's items are the documents GET /v1/assets/{id} gives, cached or not, and a change
+    shows on the next page read (on either backend's cache)."""
+    name = f"cache-list-{uuid.uuid4().hex[:8]}"
+    ids = []
+    for version in ("1.0.0", "1.1.0", "1.2.0"):
+        response = dev.post(
+            "/v1/assets",
+            json={"asset_type": "model", "name": name, "version": version, "tags": ["a", "b"]},
+        )
+        assert response.status_code == 202, response.get_json()
+        ids.append(response.get_json()["id"])
+    viewer.get(f"/v1/assets/{ids[1]}")  # one of them cached by a single read, two not
+    url = f"/v1/assets?name={name}&sort=version&order=asc&limit=2"
+    for _ in range(2):  # misses the first time, hits the second
+        page = viewer.get(url)
+        assert page.status_code == 200, page.get_json()
+        body = page.get_json()
+        assert [item["id"] for item in body["items"]] == ids[:2]
+        assert body["items"] == [viewer.get(f"/v1/assets/{i}").get_json() for i in ids[:2]]
+        assert body["total"] == 3 and body["limit"] == 2 and body["next_cursor"]
+    rest = viewer.get(f"{url}&cursor={body['next_cursor']}").get_json()
+    assert [item["id"] for item in rest["items"]] == [ids[2]] and rest["next_cursor"] is None
+
+    patched = dev.patch(f"/v1/assets/{ids[0]}", json={"description": "changed"})
+    assert patched.status_code == 200, patched.get_json()
+    set_status(ids[1], "active")
+    items = viewer.get(url).get_json()["items"]
+    assert items[0]["description"] == "changed"
+    assert items[1]["status"] == "active"
+    assert dev.delete(f"/v1/assets/{ids[0]}").status_code == 204
+    assert [item["id"] for item in viewer.get(url).get_json()["items"]] == ids[1:]
+
+
+def test_a_cached_list_page_reads_its_documents_in_one_redis_round_trip(
+    redis_app: Flask, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Once its items are cached, a page costs the database only its ids (and total), and Redis
+    one MGET for all of its documents."""
+    client = redis_app.test_client()
+    dev = login(client, "developer-1")
+    name = f"cache-page-{uuid.uuid4().hex[:8]}"
+    for n in range(5):
+        body = {"asset_type": "model", "name": name, "version": f"1.0.{n}"}
+        assert dev.post("/v1/assets", json=body).status_code == 202
+    url = f"/v1/assets?name={name}&limit=10"
+    first = dev.get(url).get_json()
+    assert len(first["items"]) == 5
+    hits = _count("get", "hit")
+    sent: list[str] = []
+    original = AbstractConnection.send_packed_command
+
+    def counting(connection: Any, command: Any, check_health: bool = True) -> None:
+        data = b"".join(command) if isinstance(command, list | tuple) else bytes(command)
+        sent.append(data.split(b"\r\n")[2].decode())
+        original(connection, command, check_health)
+
+    monkeypatch.setattr(AbstractConnection, "send_packed_command", counting)
+    again = dev.get(url).get_json()
+    assert again == first
+    assert _count("get", "hit") >= hits + 5
+    assert sent.count("MGET") == 2  # the caller's entry and revocation; the page's documents
+    assert "EVALSHA" not in sent and "EVAL" not in sent  # nothing stored: all were hits
