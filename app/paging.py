@@ -168,10 +168,6 @@ def paginate(
     The last key must be unique (the id) so that the order is total.
     """
     binding = fingerprint(bound_to)
-    if total is None:
-        total = (
-            session.scalar(select(func.count()).select_from(stmt.order_by(None).subquery())) or 0
-        )
     page_stmt = stmt
     if cursor:
         page_stmt = page_stmt.where(keyset_predicate(keys, decode_cursor(cursor, keys, binding)))
@@ -179,6 +175,14 @@ def paginate(
     rows: list[Any] = (
         list(session.execute(page_stmt).all()) if as_rows else list(session.scalars(page_stmt))
     )
+    if total is None:
+        if not cursor and len(rows) <= limit:
+            total = len(rows)  # the first page holds every match: nothing left to count
+        else:
+            total = (
+                session.scalar(select(func.count()).select_from(stmt.order_by(None).subquery()))
+                or 0
+            )
     next_cursor = None
     if len(rows) > limit:
         rows = rows[:limit]
