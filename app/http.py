@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 
 from flask import request
@@ -35,6 +36,7 @@ def not_modified(etag: str) -> bool:
 _CONVERTER = re.compile(r"<(?:[^:<>]+:)?([^<>]+)>")
 
 
+@functools.cache  # an app has a few dozen rules; the metrics ask twice per request
 def route_template(rule: str) -> str:
     """A Flask rule as the OpenAPI document writes it: ``/v1/assets/<asset_name:name>`` ->
     ``/v1/assets/{name}``."""
