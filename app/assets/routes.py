@@ -65,7 +65,7 @@ class Assets(MethodView):
     def get(self, args: dict[str, Any]) -> Any:
         """List assets: filters, sort and keyset paging (every status but deleted)."""
         cache = current_read_cache()
-        if cache is None or args.get("include_deleted"):
+        if cache is None or cache.backend == "none" or args.get("include_deleted"):
             return service.list_assets(args, current_identity())
         # The page's ids come from the database, their documents from the read cache that
         # GET /v1/assets/{id} fills (one MGET; the misses are loaded, dumped and cached).
