@@ -209,13 +209,15 @@ def main() -> None:
             ("worker (celery)", worker_before, worker_after),
         ):
             for pid, peak in sorted(after.items()):
-                grown = peak - before.get(pid, 0.0) if pid in before else float("nan")
-                print(
-                    f"peak RSS {label} pid {pid}: {peak:.0f} MiB "
-                    f"(+{grown:.1f} MiB during the upload and verification)"
+                grown = (
+                    f"+{peak - before[pid]:.1f} MiB during the upload and verification"
+                    if pid in before
+                    else "a process started during the run"
                 )
+                print(f"peak RSS {label} pid {pid}: {peak:.0f} MiB ({grown})")
         print(
-            f"job verdict: {job['status']}, checksum/openssl speed ratio {openssl_s / verify_s:.2f}"
+            f"job verdict: {job['status']}; the whole job (queue and every step) ran at "
+            f"{openssl_s / verify_s:.2f}x openssl's speed (the checksum step's own rate is above)"
         )
     finally:
         for proc in procs:
