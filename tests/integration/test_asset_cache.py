@@ -313,23 +313,28 @@ def test_a_cached_authenticated_read_is_one_redis_round_trip(
     asset_id = _register(dev)
     for _ in range(2):  # warm
         assert dev.get(f"/v1/assets/{asset_id}").status_code == 200
-    sent: list[str] = []
-    original = AbstractConnection.send_packed_command
-
-    def counting(connection: Any, command: Any, check_health: bool = True) -> None:
-        # Every command of every Redis connection of this process, pooled or not: its name is
-        # the first bulk string of the packed command.
-        data = b"".join(command) if isinstance(command, list | tuple) else bytes(command)
-        sent.append(data.split(b"\r\n")[2].decode())
-        original(connection, command, check_health)
-
-    monkeypatch.setattr(AbstractConnection, "send_packed_command", counting)
+    sent = _redis_commands(monkeypatch)
     queries = _count_queries(redis_app)
     for _ in range(5):
         response = dev.get(f"/v1/assets/{asset_id}")
         assert response.status_code == 200 and response.get_json()["id"] == asset_id
     assert sent == ["MGET"] * 5
     assert queries() == 0
+
+
+def _redis_commands(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The names of the Redis commands this process sends from now on, on every connection,
+    pooled or not (a command's name is the first bulk string of the packed command)."""
+    sent: list[str] = []
+    original = AbstractConnection.send_packed_command
+
+    def counting(connection: Any, command: Any, check_health: bool = True) -> None:
+        data = b"".join(command) if isinstance(command, list | tuple) else bytes(command)
+        sent.append(data.split(b"\r\n")[2].decode())
+        original(connection, command, check_health)
+
+    monkeypatch.setattr(AbstractConnection, "send_packed_command", counting)
+    return sent
 
 
 def _count_queries(app: Flask) -> Any:
@@ -402,15 +407,7 @@ def test_a_cached_list_page_reads_its_documents_in_one_redis_round_trip(
     first = dev.get(url).get_json()
     assert len(first["items"]) == 5
     hits = _count("get", "hit")
-    sent: list[str] = []
-    original = AbstractConnection.send_packed_command
-
-    def counting(connection: Any, command: Any, check_health: bool = True) -> None:
-        data = b"".join(command) if isinstance(command, list | tuple) else bytes(command)
-        sent.append(data.split(b"\r\n")[2].decode())
-        original(connection, command, check_health)
-
-    monkeypatch.setattr(AbstractConnection, "send_packed_command", counting)
+    sent = _redis_commands(monkeypatch)
     again = dev.get(url).get_json()
     assert again == first
     assert _count("get", "hit") >= hits + 5
