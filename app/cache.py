@@ -254,23 +254,20 @@ class RedisReadCache(ReadCache):
         stores = [item for item in stores if isinstance(item[1], tuple)]
         if not stores or not self._available():
             return
+        calls = [
+            self._store_call(key, cast(tuple[str, str], token), entry)
+            for key, token, entry in stores
+        ]
         try:
-            # Each store checks its own generation (a change since the lookup keeps the entry
-            # out); all of them in one pipeline.
-            pipe = self.client.pipeline(transaction=False)
-            for key, token, entry in stores:
-                generation, epoch = cast(tuple[str, str], token)
-                self._store_script(
-                    keys=self._keys(key),
-                    args=[
-                        generation,
-                        epoch,
-                        epoch.encode() + b"\n" + entry.encode(),
-                        ENTRY_TTL_SECONDS,
-                    ],
-                    client=pipe,
-                )
-            results = pipe.execute()
+            if len(calls) == 1:  # one EVALSHA: a pipeline would first ask SCRIPT EXISTS
+                results = [self._store_script(**calls[0])]
+            else:
+                # Each store checks its own generation (a change since the lookup keeps the
+                # entry out); all of them in one pipeline.
+                pipe = self.client.pipeline(transaction=False)
+                for call in calls:
+                    self._store_script(**call, client=pipe)
+                results = pipe.execute()
         except Exception as exc:
             self._failed("set", exc)
             return
@@ -279,6 +276,18 @@ class RedisReadCache(ReadCache):
             CACHE_OPERATIONS.labels("set", "ok").inc(stored)
         if len(results) - stored:
             CACHE_OPERATIONS.labels("set", "stale").inc(len(results) - stored)
+
+    def _store_call(self, key: str, token: tuple[str, str], entry: CachedEntry) -> dict[str, Any]:
+        generation, epoch = token
+        return {
+            "keys": self._keys(key),
+            "args": [
+                generation,
+                epoch,
+                epoch.encode() + b"\n" + entry.encode(),
+                ENTRY_TTL_SECONDS,
+            ],
+        }
 
     def invalidate(self, keys: Iterable[str]) -> None:
         ids = sorted(set(keys))

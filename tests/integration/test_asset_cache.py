@@ -19,7 +19,13 @@ import redis
 from flask import Flask
 from redis.connection import AbstractConnection
 
-from app.cache import CachedEntry, ReadCache, RedisReadCache, SqliteMemoryReadCache
+from app.cache import (
+    CachedEntry,
+    ReadCache,
+    RedisReadCache,
+    SqliteMemoryReadCache,
+    asset_key,
+)
 from app.metrics import CACHE_OPERATIONS
 from tests.conftest import PASSWORD, Api, _migrated_app, login, make_settings
 from tests.helpers import set_status
@@ -413,3 +419,20 @@ def test_a_cached_list_page_reads_its_documents_in_one_redis_round_trip(
     assert _count("get", "hit") >= hits + 5
     assert sent.count("MGET") == 2  # the caller's entry and revocation; the page's documents
     assert "EVALSHA" not in sent and "EVAL" not in sent  # nothing stored: all were hits
+
+
+def test_a_missed_read_stores_its_entry_in_one_redis_command(
+    redis_app: Flask, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After a miss, GET /v1/assets/{id} stores the entry with one conditional command (no
+    SCRIPT EXISTS first, as a pipeline of scripts would send)."""
+    client = redis_app.test_client()
+    dev = login(client, "developer-1")
+    asset_id = _register(dev)
+    assert dev.get(f"/v1/assets/{asset_id}").status_code == 200  # the script is loaded now
+    redis_app.extensions["read_cache"].invalidate([asset_key(asset_id)])
+    sent = _redis_commands(monkeypatch)
+    stores = _count("set", "ok")
+    assert dev.get(f"/v1/assets/{asset_id}").get_json()["id"] == asset_id
+    assert _count("set", "ok") == stores + 1
+    assert sent == ["MGET", "EVALSHA"], sent
