@@ -19,7 +19,8 @@ MAX_JSON_BYTES = 16 * 1024 * 1024
 
 
 def _flask_config(settings: Settings) -> dict[str, Any]:
-    engine_options: dict[str, Any] = {"pool_pre_ping": True}
+    # No pool_pre_ping: app.db.install_idle_ping pings only connections that sat idle.
+    engine_options: dict[str, Any] = {}
     if str(settings.database_url).startswith("postgresql"):
         # Fail fast (then 503) rather than hang when the database is unreachable.
         engine_options.update(
@@ -128,9 +129,10 @@ def create_app(
         },
     )
     with app.app_context():
-        from app.db import install_sqlite_pragmas
+        from app.db import install_idle_ping, install_sqlite_pragmas
 
         install_sqlite_pragmas(db.engine)
+        install_idle_ping(db.engine)
         if settings.otel_exporter_otlp_endpoint:  # unexported SQL spans only cost time
             observability.trace_engine(db.engine)
     for _name, (converter, doc) in CONVERTERS.items():

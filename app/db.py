@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import datetime as dt
 import itertools
+import time
 from typing import Any
 
 from sqlalchemy import JSON, DateTime, Dialect, Engine, MetaData, event
+from sqlalchemy import exc as sa_exc
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.orm import DeclarativeBase, Session, scoped_session
 from sqlalchemy.types import TypeDecorator
@@ -63,6 +65,37 @@ def new_id() -> str:
 def utcnow() -> dt.datetime:
     # Microsecond precision is what both PostgreSQL and SQLite keep.
     return dt.datetime.now(dt.UTC)
+
+
+# A pooled connection that sat unused this long is pinged before it is handed out again.
+IDLE_PING_SECONDS = 1.0
+
+
+def install_idle_ping(engine: Engine) -> None:
+    """Ping a pooled connection at checkout only when it sat idle for ``IDLE_PING_SECONDS``.
+
+    What ``pool_pre_ping`` is for (a connection the server, a restart or a proxy's idle timeout
+    closed while it sat in the pool) happens to idle connections; ``pool_pre_ping`` pings at
+    every checkout, a round trip per request and several per job under load. A dead connection
+    found here is replaced by the pool (``DisconnectionError``), as with ``pool_pre_ping``; one
+    that dies while in use fails its statement either way."""
+
+    @event.listens_for(engine, "checkin")
+    def _checked_in(_dbapi_connection: Any, record: Any) -> None:
+        record.info["idle_since"] = time.monotonic()
+
+    @event.listens_for(engine, "checkout")
+    def _checked_out(dbapi_connection: Any, record: Any, _proxy: Any) -> None:
+        since = record.info.pop("idle_since", None)
+        if since is None or time.monotonic() - since < IDLE_PING_SECONDS:
+            return  # new, or back in use within the second
+        dialect = engine.dialect
+        try:
+            dialect.do_ping(dbapi_connection)
+        except dialect.loaded_dbapi.Error as exc:
+            if dialect.is_disconnect(exc, dbapi_connection, None):
+                raise sa_exc.DisconnectionError(str(exc)) from exc
+            raise
 
 
 def install_sqlite_pragmas(engine: Engine) -> None:

@@ -162,6 +162,8 @@ tracer = trace.get_tracer("llm-registry")
 
 
 def install_request_hooks(app: Flask) -> None:
+    from app.extensions import READS_ONLY
+
     init_tracing(app.extensions["registry_settings"].otel_exporter_otlp_endpoint)
 
     @app.before_request
@@ -178,6 +180,8 @@ def install_request_hooks(app: Flask) -> None:
         # ``g`` belongs to the app context, which outlives one request when a caller (a test, a
         # CLI) pushed it: the caller's identity must never carry over to the next request.
         g.pop("identity", None)
+        # GET and HEAD change nothing: their reads run in autocommit (app/extensions.py).
+        setattr(g, READS_ONLY, request.method in ("GET", "HEAD"))
 
     @app.before_request
     def _reject_long_urls() -> None:
@@ -245,6 +249,7 @@ def install_request_hooks(app: Flask) -> None:
         if token is not None:
             otel_context.detach(token)
         g.pop("identity", None)
+        g.pop(READS_ONLY, None)
         token = g.pop("request_id_token", None)
         if token is not None:
             request_id_var.reset(token)
