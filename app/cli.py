@@ -236,6 +236,11 @@ def _celery(args: list[str], config: str | None) -> None:
 @click.option(
     "--metrics-host", default="0.0.0.0", show_default=True, help="Address for --metrics-port."
 )
+@click.option(
+    "--task-events",
+    is_flag=True,
+    help="Send Celery task events from the start (Flower turns them on by itself while it runs).",
+)
 def worker(
     config: str | None,
     queues: str,
@@ -243,6 +248,7 @@ def worker(
     loglevel: str | None,
     metrics_port: int,
     metrics_host: str,
+    task_events: bool,
 ) -> None:
     """Run a Celery worker for the registration pipeline."""
     settings = _settings(config)
@@ -262,6 +268,8 @@ def worker(
     ]
     if concurrency:
         args += ["--concurrency", str(concurrency)]
+    if task_events:
+        args.append("--task-events")
     _celery(args, config)
 
 

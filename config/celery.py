@@ -79,12 +79,14 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_soft_time_limit": 3000,
         "task_time_limit": 3300,
         "broker_transport_options": transport_options,
-        # Task events for Flower (docker/docker-compose.yml) and `celery events`: on Redis only,
-        # kombu's SQLAlchemy transport has no fanout exchange to carry them. Workers send them
-        # (received, started, succeeded or failed); the API does not send "task-sent", a second
-        # publish per registration (a fifteenth of its CPU) that would only show a task queued,
-        # which GET /v1/jobs/{id} shows anyway.
-        "worker_send_task_events": url.startswith("redis"),
+        # Task events (received, started, succeeded, failed) are off until asked for, as in
+        # Celery's own default: Flower (docker/docker-compose.yml) asks every worker to send them
+        # (an enable_events broadcast every few seconds while it runs), `celery control
+        # enable_events` does it by hand and `llm-registry worker --task-events` from the start.
+        # Always on, they cost a worker's main process a third of its CPU per task (three
+        # publishes, each through a new Redis client of kombu's). The API never sends
+        # "task-sent" (a second publish per registration; GET /v1/jobs/{id} shows a queued job).
+        "worker_send_task_events": False,
         "task_send_sent_event": False,
         "task_default_queue": "registry",
         # Every worker consumes all three unless told otherwise (llm-registry worker --queues),

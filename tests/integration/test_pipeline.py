@@ -889,11 +889,24 @@ def test_single_asset_reads_come_from_redis_and_follow_every_change(stack: Stack
     assert gone.status_code == 404 and gone.get_json()["code"] == "NOT_FOUND"
 
 
-def test_workers_send_task_events_for_flower(stack: Stack) -> None:
-    """Flower (docker-compose.yml) and ``celery events`` see each task arrive and finish."""
+def test_workers_send_task_events_once_flower_asks(stack: Stack) -> None:
+    """Task events are off until asked for (Celery's default): Flower (docker-compose.yml)
+    broadcasts enable_events while it runs, and from then on it sees each task arrive and
+    finish; ``celery events`` after ``celery control enable_events`` alike."""
     producer = stack.app.extensions["task_producer"]
     seen: list[dict[str, Any]] = []
     ready = threading.Event()
+
+    def received_for(job_id: str) -> list[dict[str, Any]]:
+        return [e for e in seen if e["type"] == "task-received" and job_id in e["args"]]
+
+    def finished(job_id: str) -> bool:
+        return any(
+            e["type"] == "task-succeeded" and e["uuid"] == received["uuid"]
+            for received in received_for(job_id)
+            for e in seen
+        )
+
     with producer.connection_for_read() as connection:
         receiver = producer.events.Receiver(connection, handlers={"*": seen.append})
         consume_ready = receiver.on_consume_ready
@@ -909,21 +922,25 @@ def test_workers_send_task_events_for_flower(stack: Stack) -> None:
         listener.start()
         try:
             assert ready.wait(10), "the event receiver did not start"
+            quiet = stack.register(model(unique("flower"), dependencies=[]))
+            assert stack.wait_job(quiet["job"]["id"])["status"] == "succeeded"
+            time.sleep(1)  # an event sent at the task's end would have arrived by now
+            unasked = [e for e in seen if e["type"].startswith("task-")]
+            # What Flower does every few seconds; every worker answers once it has switched.
+            replies = producer.control.enable_events(reply=True, timeout=5)
+            assert replies, "no worker answered enable_events"
             doc = stack.register(model(unique("flower"), dependencies=[]))
             job = stack.wait_job(doc["job"]["id"])
             deadline = time.monotonic() + 10
-            while time.monotonic() < deadline and not any(
-                e["type"] == "task-succeeded" and e["uuid"] == received["uuid"]
-                for e in seen
-                for received in seen
-                if received["type"] == "task-received" and doc["job"]["id"] in received["args"]
-            ):
+            while time.monotonic() < deadline and not finished(doc["job"]["id"]):
                 time.sleep(0.05)
         finally:
+            producer.control.disable_events(reply=True, timeout=5)
             receiver.should_stop = True
             listener.join(10)
+    assert unasked == [], [e["type"] for e in unasked]
     assert job["status"] == "succeeded"
-    received = [e for e in seen if e["type"] == "task-received" and doc["job"]["id"] in e["args"]]
+    received = received_for(doc["job"]["id"])
     assert len(received) == 1, [e["type"] for e in seen]
     assert received[0]["name"] == "registry.jobs.run_registration"
     done = [e for e in seen if e["type"] == "task-succeeded" and e["uuid"] == received[0]["uuid"]]
