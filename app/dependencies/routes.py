@@ -8,7 +8,6 @@ from flask.views import MethodView
 from app.dependencies import service
 from app.dependencies.schemas import GraphArgsSchema, GraphSchema
 from app.extensions import db
-from app.json import json_bytes
 from app.openapi import Blueprint
 
 blp = Blueprint(
@@ -17,10 +16,10 @@ blp = Blueprint(
 
 
 def _graph(asset_id: str, *, reverse: bool, max_depth: int | None) -> Response:
-    # The graph is built as plain JSON-ready values in GraphSchema's shape (the schema documents
-    # it): serialised once with orjson rather than walked node by node by marshmallow.
-    graph = service.dependency_graph(db.session, asset_id, reverse=reverse, max_depth=max_depth)
-    return Response(json_bytes(graph), mimetype="application/json")
+    # The document in GraphSchema's shape (the schema documents it), built by the database on
+    # PostgreSQL, else from plain values dumped once: never walked node by node by marshmallow.
+    body = service.dependency_graph_json(db.session, asset_id, reverse=reverse, max_depth=max_depth)
+    return Response(body, mimetype="application/json")
 
 
 @blp.route("/<string:asset_id>/dependencies")
