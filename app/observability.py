@@ -211,14 +211,16 @@ def install_request_hooks(app: Flask) -> None:
             response.headers.setdefault(
                 "Strict-Transport-Security", "max-age=31536000; includeSubDomains"
             )
-        started = g.get("request_started")
-        identity = g.get("identity")
         span = g.get("otel_span")
         if span is not None:
             span.set_attribute("http.request.method", request.method)
             span.set_attribute("http.response.status_code", response.status_code)
             if response.status_code >= 500:
                 span.set_status(Status(StatusCode.ERROR))
+        if not request_log.isEnabledFor(logging.INFO):
+            return response  # LOG_LEVEL above INFO: no access log, so no fields to gather
+        started = g.get("request_started")
+        identity = g.get("identity")
         request_log.info(
             "%s %s %s",
             request.method,
