@@ -129,10 +129,11 @@ def create_app(
         },
     )
     with app.app_context():
-        from app.db import install_idle_ping, install_sqlite_pragmas
+        from app.db import install_autocommit_reads, install_idle_ping, install_sqlite_pragmas
 
         install_sqlite_pragmas(db.engine)
         install_idle_ping(db.engine)
+        install_autocommit_reads(db.engine)
         if settings.otel_exporter_otlp_endpoint:  # unexported SQL spans only cost time
             observability.trace_engine(db.engine)
     for _name, (converter, doc) in CONVERTERS.items():

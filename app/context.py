@@ -7,6 +7,9 @@ from contextvars import ContextVar
 
 request_id_var: ContextVar[str | None] = ContextVar("request_id", default=None)
 actor_var: ContextVar[str | None] = ContextVar("actor", default=None)
+# True while a request that changes nothing (GET, HEAD) runs: its reads go in autocommit
+# (app.db.RegistrySession).
+reads_only_var: ContextVar[bool] = ContextVar("reads_only", default=False)
 
 
 def current_trace_id() -> str | None:

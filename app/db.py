@@ -7,12 +7,15 @@ import itertools
 import time
 from typing import Any
 
+from flask_sqlalchemy.session import Session as FlaskSession
 from sqlalchemy import JSON, DateTime, Dialect, Engine, MetaData, event
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.orm import DeclarativeBase, Session, scoped_session
 from sqlalchemy.types import TypeDecorator
 from ulid import ULID
+
+from app.context import reads_only_var
 
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",
@@ -74,11 +77,13 @@ IDLE_PING_SECONDS = 1.0
 def install_idle_ping(engine: Engine) -> None:
     """Ping a pooled connection at checkout only when it sat idle for ``IDLE_PING_SECONDS``.
 
-    What ``pool_pre_ping`` is for (a connection the server, a restart or a proxy's idle timeout
-    closed while it sat in the pool) happens to idle connections; ``pool_pre_ping`` pings at
+    What ``pool_pre_ping`` is for (connections the server, a restart or a proxy's idle timeout
+    closed while they sat in the pool) happens to idle connections; ``pool_pre_ping`` pings at
     every checkout, a round trip per request and several per job under load. A dead connection
-    found here is replaced by the pool (``DisconnectionError``), as with ``pool_pre_ping``; one
-    that dies while in use fails its statement either way."""
+    found here makes the pool replace it and every connection older than it, as
+    ``pool_pre_ping`` does. The trade-off: a connection that was in use within the second when
+    the server went away fails the statement it is given next (a 503); SQLAlchemy then
+    invalidates the pool, so a restart under load costs each busy process about one request."""
 
     @event.listens_for(engine, "checkin")
     def _checked_in(_dbapi_connection: Any, record: Any) -> None:
@@ -94,8 +99,46 @@ def install_idle_ping(engine: Engine) -> None:
             dialect.do_ping(dbapi_connection)
         except dialect.loaded_dbapi.Error as exc:
             if dialect.is_disconnect(exc, dbapi_connection, None):
-                raise sa_exc.DisconnectionError(str(exc)) from exc
+                raise sa_exc.InvalidatePoolError(str(exc)) from exc
             raise
+
+
+def install_autocommit_reads(engine: Engine) -> None:
+    """Give a PostgreSQL ``engine`` the autocommit view ``RegistrySession`` reads through (one
+    per engine, sharing its pool, made once: the session keys its connections by bind)."""
+    if engine.dialect.name == "postgresql":
+        engine._registry_reads = engine.execution_options(  # type: ignore[attr-defined]
+            isolation_level="AUTOCOMMIT"
+        )
+
+
+class RegistrySession(FlaskSession):
+    """Flask-SQLAlchemy's session; while a GET or HEAD request runs (``reads_only_var``),
+    PostgreSQL is read in autocommit: no BEGIN before the first statement and no ROLLBACK at
+    the end, two round trips of a read's three to five. Only on a database whose default
+    isolation is READ COMMITTED, where every statement of a transaction takes its own snapshot
+    anyway, so a read sees the same rows either way.
+
+    Such requests change no state of the registry. The writes they may make are each one
+    statement, and must stay so (each commits on its own here): an API key's ``last_used_at``
+    (app/auth/apikeys.py), a signed request's nonce (``RevocationStore.claim``) and the fold of
+    count deltas that a list total or a scrape reads (``fold_deltas``)."""
+
+    def get_bind(
+        self,
+        mapper: Any | None = None,
+        clause: Any | None = None,
+        bind: Any | None = None,
+        **kwargs: Any,
+    ) -> Any:
+        engine = super().get_bind(mapper=mapper, clause=clause, bind=bind, **kwargs)
+        if bind is None and reads_only_var.get():
+            reads = getattr(engine, "_registry_reads", None)
+            # Known once the engine has connected (before that: a transaction, as before).
+            isolation = getattr(engine.dialect, "default_isolation_level", None)
+            if reads is not None and isolation == "READ COMMITTED":
+                return reads
+        return engine
 
 
 def install_sqlite_pragmas(engine: Engine) -> None:

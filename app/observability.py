@@ -28,7 +28,7 @@ from opentelemetry.trace.span import TraceState
 from opentelemetry.util.types import Attributes
 from pythonjsonlogger.json import JsonFormatter
 
-from app.context import actor_var, current_trace_id, request_id_var
+from app.context import actor_var, current_trace_id, reads_only_var, request_id_var
 from app.errors import InvalidInputError
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
@@ -162,8 +162,6 @@ tracer = trace.get_tracer("llm-registry")
 
 
 def install_request_hooks(app: Flask) -> None:
-    from app.extensions import READS_ONLY
-
     init_tracing(app.extensions["registry_settings"].otel_exporter_otlp_endpoint)
 
     @app.before_request
@@ -180,8 +178,8 @@ def install_request_hooks(app: Flask) -> None:
         # ``g`` belongs to the app context, which outlives one request when a caller (a test, a
         # CLI) pushed it: the caller's identity must never carry over to the next request.
         g.pop("identity", None)
-        # GET and HEAD change nothing: their reads run in autocommit (app/extensions.py).
-        setattr(g, READS_ONLY, request.method in ("GET", "HEAD"))
+        # GET and HEAD change nothing: their reads run in autocommit (app.db.RegistrySession).
+        g.reads_only_token = reads_only_var.set(request.method in ("GET", "HEAD"))
 
     @app.before_request
     def _reject_long_urls() -> None:
@@ -251,7 +249,9 @@ def install_request_hooks(app: Flask) -> None:
         if token is not None:
             otel_context.detach(token)
         g.pop("identity", None)
-        g.pop(READS_ONLY, None)
+        token = g.pop("reads_only_token", None)
+        if token is not None:
+            reads_only_var.reset(token)
         token = g.pop("request_id_token", None)
         if token is not None:
             request_id_var.reset(token)

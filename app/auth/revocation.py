@@ -101,7 +101,8 @@ class DatabaseRevocationStore:
         insert = (
             postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
         )
-        # Of concurrent claims exactly one inserts the row, and only it gets the key back.
+        # Of concurrent claims exactly one inserts the row, and only it gets the key back. One
+        # statement, and it must stay one: a signed GET claims in autocommit (app.db).
         claimed = session.execute(
             insert(RevokedToken)
             .values(key=f"used:{key}", expires_at=self._expires(ttl_seconds))

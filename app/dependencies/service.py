@@ -318,8 +318,10 @@ def dependency_graph(
     """The transitive locked graph from ``asset_id`` (``reverse``: its dependents), computed by a
     recursive CTE; nodes at their smallest depth, ordered by (depth, name, version).
 
-    A read on the hot path: two Core statements built once (the walk joined to its assets,
-    the root included; the edges between them) on one connection, no ORM objects."""
+    Two Core statements built once (the walk joined to its assets, the root included; the
+    edges between them) on one connection, no ORM objects. The graph read of SQLite; on
+    PostgreSQL ``dependency_graph_json`` builds the document in one statement and is tested
+    against this one. Raises ``AssetNotFoundError`` for an unknown or deleted root."""
     connection = session.connection()
     walk, edge_reads = _GRAPH_STATEMENTS[reverse]
     limit = MAX_WALK_DEPTH if max_depth is None else max_depth + 1
@@ -362,7 +364,7 @@ def _graph_document_sql(reverse: bool) -> Any:
     # Only these two fixed column names are put into the SQL; the values are bound.
     near, far = ("resolved_id", "asset_id") if reverse else ("asset_id", "resolved_id")
     return text(
-        f"""  -- noqa: S608
+        f"""
 WITH RECURSIVE walk(id, depth) AS (
     SELECT CAST(:root AS VARCHAR), 0
   UNION
@@ -404,7 +406,8 @@ def dependency_graph_json(
 ) -> bytes:
     """``dependency_graph`` as its JSON document. On PostgreSQL one statement answers it, the
     server building the nodes' and edges' JSON (names ordered by code point, as Python sorts);
-    elsewhere the dict is dumped."""
+    elsewhere the dict is dumped. Raises ``AssetNotFoundError`` for an unknown or deleted
+    root."""
     connection = session.connection()
     if connection.dialect.name != "postgresql":
         graph = dependency_graph(session, asset_id, reverse=reverse, max_depth=max_depth)

@@ -74,7 +74,9 @@ def fold_deltas(session: DbSession) -> None:
     """Move the delta rows into ``status_counts``; commits. Safe to run concurrently: each delta
     row is deleted, and so counted, by exactly one folder."""
     is_pg = session.get_bind().dialect.name == "postgresql"
-    if is_pg:  # one statement, however many rows a bulk load left
+    # One statement, however many rows a bulk load left; it must stay one: a GET's reads (a list
+    # total, a scrape) fold in autocommit (app.db.RegistrySession).
+    if is_pg:
         session.execute(
             text(
                 "WITH moved AS (DELETE FROM status_count_deltas "

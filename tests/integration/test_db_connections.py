@@ -5,6 +5,7 @@ session is bound to one test connection and would hide both)."""
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,6 +19,7 @@ from sqlalchemy import event
 
 import app.db
 from app import create_app
+from app.auth.signing import signature_for
 from app.extensions import db
 from app.users.service import create_user
 from tests.conftest import PASSWORD, drop_pg_database, fresh_pg_database, make_settings
@@ -89,12 +91,13 @@ def test_reads_run_in_autocommit_and_writes_in_a_transaction(
     committing_app: Flask, headers: dict[str, str]
 ) -> None:
     asset_id = _register(committing_app, headers, "1.0.0")
-    seen: list[tuple[str, bool]] = []
+    seen: list[tuple[str, bool, int]] = []
     with committing_app.app_context():
         engine = db.engine
 
     def record(conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
-        seen.append((statement.split()[0].upper(), conn.connection.dbapi_connection.autocommit))
+        dbapi = conn.connection.dbapi_connection
+        seen.append((statement.split()[0].upper(), dbapi.autocommit, id(dbapi)))
 
     event.listen(engine, "before_cursor_execute", record)
     try:
@@ -111,9 +114,11 @@ def test_reads_run_in_autocommit_and_writes_in_a_transaction(
         writes = list(seen)
     finally:
         event.remove(engine, "before_cursor_execute", record)
-    assert reads and all(autocommit for _verb, autocommit in reads), reads
-    assert {"INSERT"} <= {verb for verb, _ in writes}
-    assert not any(autocommit for _verb, autocommit in writes), writes
+    assert reads and all(autocommit for _verb, autocommit, _c in reads), reads
+    assert {"INSERT"} <= {verb for verb, _a, _c in writes}
+    assert not any(autocommit for _verb, autocommit, _c in writes), writes
+    # The write ran on a connection the reads had in autocommit: the mode did not stay with it.
+    assert {c for *_, c in writes} <= {c for *_, c in reads}, (reads, writes)
 
 
 def test_a_connection_back_in_use_within_the_second_is_not_pinged(
@@ -154,11 +159,13 @@ def test_a_connection_closed_while_idle_is_replaced_before_use(
     assert response.get_json()["root"] == asset_id
 
 
-def test_a_connection_closed_while_in_use_fails_one_request_with_503_then_recovers(
+def test_a_connection_closed_within_the_idle_window_fails_one_request_with_503_then_recovers(
     committing_app: Flask, headers: dict[str, str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The trade-off of not pinging busy connections: a server restart under load costs the
-    request that finds its connection gone a 503 (never a 500); the pool then starts afresh."""
+    """The trade-off of not pinging busy connections: a connection the server closed less than
+    ``IDLE_PING_SECONDS`` after its last use costs the request that gets it a 503 (never a
+    500); the pool then starts afresh. (The window is made long here to stand for a restart
+    under load.)"""
     client = committing_app.test_client()
     asset_id = _register(committing_app, headers, "4.0.0")
     assert client.get(f"/v1/assets/{asset_id}/dependencies", headers=headers).status_code == 200
@@ -169,3 +176,32 @@ def test_a_connection_closed_while_in_use_fails_one_request_with_503_then_recove
     assert failed.headers["Content-Type"].startswith("application/problem+json")
     again = client.get(f"/v1/assets/{asset_id}/dependencies", headers=headers)
     assert again.status_code == 200, again.get_json()
+
+
+def test_gets_make_their_single_statement_writes_in_autocommit(
+    committing_app: Flask, headers: dict[str, str]
+) -> None:
+    """A GET with a signing API key records the key's use and claims the request's signature,
+    each one statement committed on its own."""
+    client = committing_app.test_client()
+    created = client.post(
+        "/v1/auth/api-keys", json={"name": "conn", "signing": True}, headers=headers
+    )
+    assert created.status_code == 201, created.get_json()
+    key, secret = created.get_json()["key"], created.get_json()["signing_secret"]
+    path = "/v1/assets?name=conn/model"
+    stamp = str(int(time.time()))
+    signed = {
+        "Authorization": f"Bearer {key}",
+        "X-Signature-Timestamp": stamp,
+        "X-Signature": signature_for(secret, "GET", path, stamp, hashlib.sha256(b"").hexdigest()),
+    }
+    assert client.get(path, headers=signed).status_code == 200
+    replay = client.get(path, headers=signed)
+    assert replay.status_code == 401, replay.get_json()  # the claim stayed
+    (item,) = [
+        k
+        for k in client.get("/v1/auth/api-keys", headers=headers).get_json()["items"]
+        if k["name"] == "conn"
+    ]
+    assert item["last_used_at"] is not None
