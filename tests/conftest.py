@@ -7,6 +7,7 @@ A service that does not answer fails the run; it is never turned into a skipped 
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -65,6 +66,30 @@ def drop_pg_database(url: str) -> None:
     name = url.rsplit("/", 1)[1]
     with psycopg.connect(PG_ADMIN_URL, autocommit=True, connect_timeout=5) as admin:
         admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@contextlib.contextmanager
+def committing_pg_app(suffix: str, var_dir: Path, username: str, role: str) -> Iterator[Flask]:
+    """An app on a PostgreSQL database of its own where every transaction really commits (the
+    ``app`` fixture's session rolls back and hides connections), migrated, with one user of
+    ``role``; the database is dropped after."""
+    from flask_migrate import upgrade
+
+    from app import create_app
+    from app.extensions import db
+    from app.users.service import create_user
+
+    url = fresh_pg_database(suffix)
+    flask_app = create_app(make_settings(url, var_dir))
+    with flask_app.app_context():
+        upgrade()
+        create_user(username, PASSWORD, [role])
+    try:
+        yield flask_app
+    finally:
+        with flask_app.app_context():
+            db.engine.dispose()
+        drop_pg_database(url)
 
 
 @pytest.fixture(autouse=True)

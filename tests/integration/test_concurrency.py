@@ -6,17 +6,12 @@ from __future__ import annotations
 import threading
 from collections import Counter
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 from flask import Flask
-from flask_migrate import upgrade
 
-from app import create_app
-from app.extensions import db
-from app.users.service import create_user
-from tests.conftest import PASSWORD, drop_pg_database, fresh_pg_database, make_settings
+from tests.conftest import PASSWORD, committing_pg_app
 
 pytestmark = pytest.mark.integration
 THREADS = 8
@@ -25,16 +20,9 @@ THREADS = 8
 @pytest.fixture(scope="module")
 def committing_app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Flask]:
     """An app on its own database where every request really commits."""
-    url = fresh_pg_database("_concurrency")
-    var: Path = tmp_path_factory.mktemp("concurrency")
-    app = create_app(make_settings(url, var))
-    with app.app_context():
-        upgrade()
-        create_user("racer", PASSWORD, ["developer"])
-    yield app
-    with app.app_context():
-        db.engine.dispose()
-    drop_pg_database(url)
+    var = tmp_path_factory.mktemp("concurrency")
+    with committing_pg_app("_concurrency", var, "racer", "developer") as flask_app:
+        yield flask_app
 
 
 def _token(app: Flask) -> str:

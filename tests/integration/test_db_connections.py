@@ -8,37 +8,26 @@ from __future__ import annotations
 import hashlib
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import psycopg
 import pytest
 from flask import Flask
-from flask_migrate import upgrade
 from sqlalchemy import event
 
 import app.db
-from app import create_app
 from app.auth.signing import signature_for
 from app.extensions import db
-from app.users.service import create_user
-from tests.conftest import PASSWORD, drop_pg_database, fresh_pg_database, make_settings
+from tests.conftest import PASSWORD, committing_pg_app
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
 def committing_app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Flask]:
-    url = fresh_pg_database("_connections")
-    var: Path = tmp_path_factory.mktemp("connections")
-    flask_app = create_app(make_settings(url, var))
-    with flask_app.app_context():
-        upgrade()
-        create_user("reader", PASSWORD, ["developer"])
-    yield flask_app
-    with flask_app.app_context():
-        db.engine.dispose()
-    drop_pg_database(url)
+    var = tmp_path_factory.mktemp("connections")
+    with committing_pg_app("_connections", var, "reader", "developer") as flask_app:
+        yield flask_app
 
 
 @pytest.fixture

@@ -9,28 +9,17 @@ import re
 import threading
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 from flask import Flask
-from flask_migrate import upgrade
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
-from app import create_app
 from app.db import new_id
 from app.events.service import record_event
 from app.extensions import db
-from app.users.service import create_user
-from tests.conftest import (
-    PASSWORD,
-    Api,
-    drop_pg_database,
-    fresh_pg_database,
-    login,
-    make_settings,
-)
+from tests.conftest import Api, committing_pg_app, login
 from tests.helpers import problem, set_status
 
 pytestmark = pytest.mark.integration
@@ -321,16 +310,9 @@ def test_a_rolled_back_savepoint_drops_only_its_events(app: Flask, viewer: Api) 
 @pytest.fixture(scope="module")
 def committing_app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Flask]:
     """An app on its own PostgreSQL database where every transaction really commits."""
-    url = fresh_pg_database("_events")
-    var: Path = tmp_path_factory.mktemp("events")
-    app = create_app(make_settings(url, var))
-    with app.app_context():
-        upgrade()
-        create_user("feed-reader", PASSWORD, ["viewer"])
-    yield app
-    with app.app_context():
-        db.engine.dispose()
-    drop_pg_database(url)
+    var = tmp_path_factory.mktemp("events")
+    with committing_pg_app("_events", var, "feed-reader", "viewer") as flask_app:
+        yield flask_app
 
 
 @pytest.fixture
