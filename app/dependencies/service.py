@@ -13,7 +13,6 @@ from collections.abc import Iterable
 from typing import Any, cast
 
 from sqlalchemy import String, Table, bindparam, func, literal, select, text
-from sqlalchemy.dialects import postgresql
 
 from app.assets.errors import AssetNotFoundError
 from app.assets.models import Asset, AssetDependency
@@ -292,21 +291,15 @@ def _graph_statements(reverse: bool) -> tuple[Any, Any]:
         assets.c.deleted_at,
         reached.c.depth,
     ).join(reached, reached.c.id == assets.c.id)
-    ids_pg = bindparam("ids", type_=postgresql.ARRAY(String))
-    between = {
-        # One array parameter: the same SQL text for every graph (prepared once per connection).
-        "postgresql": (edges.c.asset_id == func.any(ids_pg))
-        & (edges.c.resolved_id == func.any(ids_pg)),
-        "other": edges.c.asset_id.in_(bindparam("ids", expanding=True))
-        & edges.c.resolved_id.in_(bindparam("ids", expanding=True)),
-    }
-    edge_reads = {
-        dialect: select(edges.c.asset_id, edges.c.resolved_id, edges.c.version_range)
-        .where(where)
+    edge_read = (
+        select(edges.c.asset_id, edges.c.resolved_id, edges.c.version_range)
+        .where(
+            edges.c.asset_id.in_(bindparam("ids", expanding=True)),
+            edges.c.resolved_id.in_(bindparam("ids", expanding=True)),
+        )
         .order_by(edges.c.asset_id, edges.c.position)
-        for dialect, where in between.items()
-    }
-    return nodes, edge_reads
+    )
+    return nodes, edge_read
 
 
 _GRAPH_STATEMENTS = {reverse: _graph_statements(reverse) for reverse in (False, True)}
@@ -323,7 +316,7 @@ def dependency_graph(
     PostgreSQL ``dependency_graph_json`` builds the document in one statement and is tested
     against this one. Raises ``AssetNotFoundError`` for an unknown or deleted root."""
     connection = session.connection()
-    walk, edge_reads = _GRAPH_STATEMENTS[reverse]
+    walk, edge_read = _GRAPH_STATEMENTS[reverse]
     limit = MAX_WALK_DEPTH if max_depth is None else max_depth + 1
     rows = connection.execute(walk, {"root": asset_id, "limit": limit}).all()
     root = next((row for row in rows if row.id == asset_id), None)
@@ -335,8 +328,7 @@ def dependency_graph(
         key=lambda row: (row.depth, row.name, row.version_sort),
     )
     ids = [row.id for row in nodes]
-    dialect = "postgresql" if connection.dialect.name == "postgresql" else "other"
-    edge_rows = connection.execute(edge_reads[dialect], {"ids": ids}).all()
+    edge_rows = connection.execute(edge_read, {"ids": ids}).all()
     return {
         "root": asset_id,
         "nodes": [

@@ -718,9 +718,14 @@ def _pg(stack: Stack) -> psycopg.Connection[Any]:
 
 
 def _waiting_for_graph_lock(stack: Stack) -> int:
+    """Sessions of this stack's database waiting for the graph lock (not for another advisory
+    lock, such as the events' commit lock, nor in another test's database on the server)."""
     with _pg(stack) as conn:
         row = conn.execute(
             "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
+            " AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
+            " AND classid::bigint = %s AND objid::bigint = %s",
+            (GRAPH_LOCK >> 32, GRAPH_LOCK & 0xFFFFFFFF),
         ).fetchone()
     return int(row[0]) if row else 0
 
