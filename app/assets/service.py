@@ -11,7 +11,7 @@ import datetime as dt
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from sqlalchemy import Select, and_, exists, func, literal_column, or_, select
+from sqlalchemy import Select, and_, bindparam, exists, func, literal_column, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm.exc import StaleDataError
 
@@ -96,16 +96,19 @@ def _check_content(data: Mapping[str, Any], store: BlobStore) -> None:
             )
 
 
+# Built once: building a statement costs about what running it does.
+_PINNED_TYPE = select(AssetName.asset_type).where(AssetName.name == bindparam("name"))
+
+
 def _claim_name(session: DbSession, name: str, asset_type: str) -> None:
     """Pin the name to its first type; a concurrent first registration waits on the row.
     A name already pinned (every version after the first) costs one read."""
-    pinned = select(AssetName.asset_type).where(AssetName.name == name)
-    existing = session.scalar(pinned)
+    existing = session.scalar(_PINNED_TYPE, {"name": name})
     if existing is None:
         insert_ignoring_conflicts(
             session, AssetName, ["name"], name=name, asset_type=asset_type, created_at=utcnow()
         )
-        existing = session.scalar(pinned)
+        existing = session.scalar(_PINNED_TYPE, {"name": name})
     if existing != asset_type:
         raise AssetTypeMismatchError(name, str(existing), asset_type)
 

@@ -17,7 +17,7 @@ from collections.abc import Callable, Mapping
 from typing import Any, cast
 
 from opentelemetry import trace
-from sqlalchemy import Table, and_, func, or_, select, update
+from sqlalchemy import Table, and_, bindparam, func, or_, select, update
 from sqlalchemy.orm import joinedload
 
 from app.assets.models import Asset
@@ -90,18 +90,60 @@ class JobContext:
         # follows, in one flush with the rest (one UPDATE per row, not one per step started).
         with db.session.no_autoflush:
             result = db.session.execute(
-                update(_JOBS)
-                .where(
-                    _JOBS.c.id == self.job_id,
-                    _JOBS.c.worker == self.worker,
-                    _JOBS.c.status == "running",
-                )
-                .values(heartbeat_at=utcnow())
+                _RENEW, {"job": self.job_id, "holder": self.worker, "now": utcnow()}
             )
         if result.rowcount != 1:  # type: ignore[attr-defined]
             db.session.rollback()
             raise LeaseLostError(self.job_id)
 
+
+_TIMESTAMP = _JOBS.c.heartbeat_at.type
+# The statements every job runs, built once (building one costs about what running it does).
+_RENEW = (
+    update(_JOBS)
+    .where(
+        _JOBS.c.id == bindparam("job"),
+        _JOBS.c.worker == bindparam("holder"),
+        _JOBS.c.status == "running",
+    )
+    .values(heartbeat_at=bindparam("now", type_=_TIMESTAMP))
+)
+# Queued, or running under a lease older than ``stale`` (its worker presumed dead).
+_CLAIM = (
+    update(_JOBS)
+    .where(
+        _JOBS.c.id == bindparam("job"),
+        or_(
+            _JOBS.c.status == "queued",
+            and_(
+                _JOBS.c.status == "running",
+                or_(
+                    _JOBS.c.heartbeat_at.is_(None),
+                    _JOBS.c.heartbeat_at < bindparam("stale", type_=_TIMESTAMP),
+                ),
+            ),
+        ),
+    )
+    .values(
+        status="running",
+        worker=bindparam("holder"),
+        heartbeat_at=bindparam("now", type_=_TIMESTAMP),
+        attempts=_JOBS.c.attempts + 1,
+        started_at=func.coalesce(_JOBS.c.started_at, bindparam("now", type_=_TIMESTAMP)),
+    )
+)
+# The job with its steps and its asset with the asset's tags and dependencies: one query
+# (joined eager loads), not one per object and collection.
+_LOAD = (
+    select(Job, Asset)
+    .outerjoin(Asset, Asset.id == Job.asset_id)
+    .options(
+        joinedload(Job.steps),
+        joinedload(Asset.tag_rows),
+        joinedload(Asset.dependency_rows),
+    )
+    .where(Job.id == bindparam("job"))
+)
 
 StepFunction = Callable[[Asset, JobContext], StepResult]
 MAX_ATTEMPTS = 5  # a job whose worker keeps dying (a file that crashes it, say) is given up
@@ -117,26 +159,8 @@ def claim_job(job_id: str, worker: str) -> bool:
     """Take the job if it is queued, or running under a stale lease (commits)."""
     now = utcnow()
     stale = now - dt.timedelta(seconds=LEASE_SECONDS)
-    jobs = _JOBS.c
     result = db.session.execute(
-        update(_JOBS)
-        .where(
-            jobs.id == job_id,
-            or_(
-                jobs.status == "queued",
-                and_(
-                    jobs.status == "running",
-                    or_(jobs.heartbeat_at.is_(None), jobs.heartbeat_at < stale),
-                ),
-            ),
-        )
-        .values(
-            status="running",
-            worker=worker,
-            heartbeat_at=now,
-            attempts=jobs.attempts + 1,
-            started_at=func.coalesce(jobs.started_at, now),
-        )
+        _CLAIM, {"job": job_id, "holder": worker, "now": now, "stale": stale}
     )
     db.session.commit()
     return result.rowcount == 1  # type: ignore[attr-defined,no-any-return]
@@ -215,22 +239,7 @@ def run_registration(
         log.info("job %s is finished or running elsewhere", job_id)
         return
     context = JobContext(job_id, worker)
-    # The job with its steps and its asset with the asset's tags and dependencies: one query
-    # (joined eager loads), not one per object and collection.
-    loaded = (
-        db.session.execute(
-            select(Job, Asset)
-            .outerjoin(Asset, Asset.id == Job.asset_id)
-            .options(
-                joinedload(Job.steps),
-                joinedload(Asset.tag_rows),
-                joinedload(Asset.dependency_rows),
-            )
-            .where(Job.id == job_id)
-        )
-        .unique()
-        .first()
-    )
+    loaded = db.session.execute(_LOAD, {"job": job_id}).unique().first()
     assert loaded is not None
     job, asset = loaded
     adopt_context(job)
