@@ -434,6 +434,17 @@ def test_local_store_refuses_keys_that_escape_it(local_store):
             local_store.uri_for(key)
 
 
+def test_local_store_refuses_a_symlink_that_leads_out_of_it(local_store, tmp_path):
+    outside = tmp_path / "outside.bin"
+    outside.write_bytes(b"secret")
+    (local_store.root / "sha256").mkdir(parents=True, exist_ok=True)
+    (local_store.root / "sha256" / "link").symlink_to(outside)
+    for _ in range(2):  # and again: a refusal is not remembered as an answer
+        with pytest.raises(ValueError, match="escapes the store"):
+            local_store.uri_for("sha256/link")
+        assert local_store.size("sha256/link") is None
+
+
 def test_local_size_of_a_directory_is_none(local_store):
     # A key naming a directory inside the store is no object (and must not read as one).
     local_store.put(io.BytesIO(b"x"))
