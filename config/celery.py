@@ -64,8 +64,16 @@ def celery_config(settings: Settings) -> dict[str, Any]:
     # Redis redelivers an unacked task after the visibility timeout; kombu's SQLAlchemy transport
     # hands its options to create_engine, so it gets none.
     transport_options = {"visibility_timeout": 3600} if url.startswith("redis") else {}
+    # kombu's Redis transport with one client per channel (app/jobs/redis_transport.py); kombu
+    # treats rediss:// by its transport's name (TLS checks), so that one keeps kombu's own.
+    transport = (
+        {"broker_transport": "app.jobs.redis_transport:Transport"}
+        if url.startswith("redis://")
+        else {}
+    )
     return {
         "broker_url": url,
+        **transport,
         "result_backend": None,  # job state lives in the registry database
         "task_ignore_result": True,
         "task_serializer": "json",
