@@ -88,7 +88,9 @@ def test_tasks_sent_through_one_client_arrive_in_order(
     assert len(clients_made) == 1  # kombu's own channel makes one per publish
 
 
-def test_a_new_pool_gets_a_new_client(producer: Celery, broker: str, clients_made: list[Any]) -> None:
+def test_a_new_pool_gets_a_new_client(
+    producer: Celery, broker: str, clients_made: list[Any]
+) -> None:
     # kombu drops a channel's pools after a fork (and on close): the client made on the old pool
     # must not be used again.
     with producer.connection_for_write() as connection:
