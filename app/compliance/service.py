@@ -460,8 +460,7 @@ def run_scan_job(job_id: str, worker: str) -> None:
     step = job.steps[0]
     now = utcnow()
     step.status, step.detail, step.finished_at = "passed", detail, now
-    context.hold()
-    job.status, job.finished_at, job.worker, job.error = "succeeded", now, None, None
+    context.finish(job)
     db.session.commit()
 
 

@@ -17,8 +17,9 @@ from collections.abc import Callable, Mapping
 from typing import Any, cast
 
 from opentelemetry import trace
-from sqlalchemy import Table, and_, bindparam, func, or_, select, update
+from sqlalchemy import Table, and_, bindparam, func, null, or_, select, update
 from sqlalchemy.orm import joinedload
+from sqlalchemy.orm.attributes import set_committed_value
 
 from app.assets.models import Asset
 from app.context import actor_var, request_id_var
@@ -96,6 +97,30 @@ class JobContext:
             db.session.rollback()
             raise LeaseLostError(self.job_id)
 
+    def finish(self, job: Job) -> None:
+        """Mark ``job`` succeeded, in the current transaction and under a lease still ours, as
+        :meth:`hold` and then setting the fields would, in one UPDATE instead of two: the job
+        row stays locked until the commit that writes the verdict. ``LeaseLostError`` (rolled
+        back) if the job was taken over."""
+        now = utcnow()
+        with db.session.no_autoflush:
+            result = db.session.execute(
+                _FINISH, {"job": self.job_id, "holder": self.worker, "now": now}
+            )
+        if result.rowcount != 1:  # type: ignore[attr-defined]
+            db.session.rollback()
+            raise LeaseLostError(self.job_id)
+        self.last_beat = time.monotonic()
+        # What the row now holds, without a second UPDATE at the flush.
+        for key, value in (
+            ("status", "succeeded"),
+            ("finished_at", now),
+            ("worker", None),
+            ("error", None),
+            ("heartbeat_at", now),
+        ):
+            set_committed_value(job, key, value)
+
 
 _TIMESTAMP = _JOBS.c.heartbeat_at.type
 # The statements every job runs, built once (building one costs about what running it does).
@@ -107,6 +132,21 @@ _RENEW = (
         _JOBS.c.status == "running",
     )
     .values(heartbeat_at=bindparam("now", type_=_TIMESTAMP))
+)
+_FINISH = (
+    update(_JOBS)
+    .where(
+        _JOBS.c.id == bindparam("job"),
+        _JOBS.c.worker == bindparam("holder"),
+        _JOBS.c.status == "running",
+    )
+    .values(
+        status="succeeded",
+        finished_at=bindparam("now", type_=_TIMESTAMP),
+        worker=None,
+        error=null(),  # SQL NULL, not JSON's null
+        heartbeat_at=bindparam("now", type_=_TIMESTAMP),
+    )
 )
 # Queued, or running under a lease older than ``stale`` (its worker presumed dead).
 _CLAIM = (
@@ -288,8 +328,7 @@ def run_registration(
         step = next(s for s in job.steps if s.name == "dependencies")
         _reject(job, asset, step, verdict, context)
         return
-    context.hold()  # the verdict is written only under a lease still ours
-    _succeed(job)
+    context.finish(job)  # the verdict is written only under a lease still ours
     db.session.commit()
 
 
@@ -319,7 +358,7 @@ def _finish_step(step: JobStep, result: StepResult, asset_id: str) -> None:
 
 def _reject(job: Job, asset: Asset, step: JobStep, result: StepResult, context: JobContext) -> None:
     """Record a blocking failure: the step failed, the rest skipped, the asset rejected."""
-    context.hold()  # before ``_succeed`` changes the job row the lease is checked on
+    context.finish(job)  # the lease is checked, and the job row locked, before any write
     _finish_step(step, result, asset.id)
     now = utcnow()
     for later in job.steps:
@@ -340,9 +379,4 @@ def _reject(job: Job, asset: Asset, step: JobStep, result: StepResult, context: 
             "job_id": job.id,
         },
     )
-    _succeed(job)
     db.session.commit()
-
-
-def _succeed(job: Job) -> None:
-    job.status, job.finished_at, job.worker, job.error = "succeeded", utcnow(), None, None

@@ -169,6 +169,22 @@ def test_uploaded_blob_is_verified_and_the_asset_becomes_active(stack: Stack) ->
     ]
     content = stack.api("viewer").get(f"/v1/assets/{doc['id']}/content")
     assert content.status_code == 200 and content.data == data
+    assert_finished_row(stack, job["id"])
+
+
+def assert_finished_row(stack: Stack, job_id: str) -> None:
+    """The job's row as its verdict left it: succeeded, no holder, no error (SQL NULL), the
+    last heartbeat at the finish."""
+    with _pg(stack) as conn:
+        row = conn.execute(
+            "SELECT status, worker, error IS NULL, finished_at, heartbeat_at FROM jobs "
+            "WHERE id = %s",
+            (job_id,),
+        ).fetchone()
+    assert row is not None
+    status, worker, no_error, finished_at, heartbeat_at = row
+    assert (status, worker, no_error) == ("succeeded", None, True)
+    assert finished_at is not None and heartbeat_at == finished_at
 
 
 def test_a_wrong_checksum_rejects_the_asset(stack: Stack) -> None:
@@ -207,6 +223,7 @@ def test_a_wrong_checksum_rejects_the_asset(stack: Stack) -> None:
     assert events[1].data["expected"] == wrong
     assert events[1].data["actual"] == blob["digest"][7:]
     assert events[2].data["code"] == "CHECKSUM_MISMATCH"
+    assert_finished_row(stack, job["id"])
 
 
 def test_storage_uri_without_an_object_is_blob_not_found(stack: Stack) -> None:
