@@ -9,9 +9,19 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import Select, and_, bindparam, exists, func, literal_column, or_, select
+from sqlalchemy import (
+    Select,
+    Table,
+    and_,
+    bindparam,
+    exists,
+    func,
+    literal_column,
+    or_,
+    select,
+)
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm.exc import StaleDataError
 
@@ -97,18 +107,20 @@ def _check_content(data: Mapping[str, Any], store: BlobStore) -> None:
 
 
 # Built once: building a statement costs about what running it does.
-_PINNED_TYPE = select(AssetName.asset_type).where(AssetName.name == bindparam("name"))
+_NAMES = cast(Table, AssetName.__table__)
+_PINNED_TYPE = select(_NAMES.c.asset_type).where(_NAMES.c.name == bindparam("name"))
 
 
 def _claim_name(session: DbSession, name: str, asset_type: str) -> None:
     """Pin the name to its first type; a concurrent first registration waits on the row.
     A name already pinned (every version after the first) costs one read."""
-    existing = session.scalar(_PINNED_TYPE, {"name": name})
+    connection = session.connection()  # a Core read: none of the ORM's execution needed
+    existing = connection.execute(_PINNED_TYPE, {"name": name}).scalar()
     if existing is None:
         insert_ignoring_conflicts(
             session, AssetName, ["name"], name=name, asset_type=asset_type, created_at=utcnow()
         )
-        existing = session.scalar(_PINNED_TYPE, {"name": name})
+        existing = connection.execute(_PINNED_TYPE, {"name": name}).scalar()
     if existing != asset_type:
         raise AssetTypeMismatchError(name, str(existing), asset_type)
 

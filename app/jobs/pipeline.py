@@ -87,13 +87,13 @@ class JobContext:
         write, and a worker that lost its lease writes nothing (rolled back, ``LeaseLostError``).
         """
         self.last_beat = time.monotonic()
-        # The job's pending changes are not flushed first: they go with the commit that
-        # follows, in one flush with the rest (one UPDATE per row, not one per step started).
-        with db.session.no_autoflush:
-            result = db.session.execute(
-                _RENEW, {"job": self.job_id, "holder": self.worker, "now": utcnow()}
-            )
-        if result.rowcount != 1:  # type: ignore[attr-defined]
+        # On the session's connection: the job's pending changes are not flushed first, they
+        # go with the commit that follows, in one flush with the rest (one UPDATE per row, not
+        # one per step started).
+        result = db.session.connection().execute(
+            _RENEW, {"job": self.job_id, "holder": self.worker, "now": utcnow()}
+        )
+        if result.rowcount != 1:
             db.session.rollback()
             raise LeaseLostError(self.job_id)
 
@@ -103,11 +103,10 @@ class JobContext:
         row stays locked until the commit that writes the verdict. ``LeaseLostError`` (rolled
         back) if the job was taken over."""
         now = utcnow()
-        with db.session.no_autoflush:
-            result = db.session.execute(
-                _FINISH, {"job": self.job_id, "holder": self.worker, "now": now}
-            )
-        if result.rowcount != 1:  # type: ignore[attr-defined]
+        result = db.session.connection().execute(
+            _FINISH, {"job": self.job_id, "holder": self.worker, "now": now}
+        )
+        if result.rowcount != 1:
             db.session.rollback()
             raise LeaseLostError(self.job_id)
         self.last_beat = time.monotonic()
@@ -199,11 +198,11 @@ def claim_job(job_id: str, worker: str) -> bool:
     """Take the job if it is queued, or running under a stale lease (commits)."""
     now = utcnow()
     stale = now - dt.timedelta(seconds=LEASE_SECONDS)
-    result = db.session.execute(
+    result = db.session.connection().execute(
         _CLAIM, {"job": job_id, "holder": worker, "now": now, "stale": stale}
     )
     db.session.commit()
-    return result.rowcount == 1  # type: ignore[attr-defined,no-any-return]
+    return result.rowcount == 1
 
 
 def release_job(job_id: str, worker: str) -> None:
