@@ -368,11 +368,43 @@ end
 # ---- loads ---------------------------------------------------------------------------------------
 
 
+CPU_KINDS = ("api", "worker pool", "worker consumer", "postgres", "redis", "bench client")
+
+
+def cpu_seconds(registry: Registry) -> dict[str, float]:
+    """CPU time used so far (/proc, user + system) by the registry's processes by kind, by the
+    machine's PostgreSQL and Redis servers (whatever else uses them too) and by this process."""
+    groups = {registry.server.pid: "api", registry.worker.pid: "worker"}
+    tick = os.sysconf("SC_CLK_TCK")
+    used = dict.fromkeys(CPU_KINDS, 0.0)
+    used["bench client"] = time.process_time()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            name = Path(f"/proc/{entry}/comm").read_text().strip()
+            fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:  # gone meanwhile
+            continue
+        seconds = (int(fields[11]) + int(fields[12])) / tick
+        kind = groups.get(int(fields[2]))  # the process group each was started in
+        if kind == "worker":  # Celery's consumer, and its pool processes forked from it
+            kind = "worker consumer" if int(entry) == registry.worker.pid else "worker pool"
+        elif kind is None and name == "postgres":
+            kind = "postgres"
+        elif kind is None and name.startswith("redis-server"):
+            kind = "redis"
+        if kind is not None:
+            used[kind] += seconds
+    return used
+
+
 def registrations_end_to_end(
     registry: Registry, count: int, timeout: float
-) -> tuple[float, int, int]:
+) -> tuple[float, int, int, dict[str, float]]:
     """Register ``count`` tiny-blob models as fast as 8 client threads can, and time until every
-    job reached its verdict. Returns (completed per second, active, not active)."""
+    job reached its verdict. Returns (completed per second, active, not active, CPU
+    milliseconds per registration by process kind)."""
     # The 202 load before this one left thousands of jobs queued: they finish first, or this
     # would time the backlog rather than these registrations.
     wait_until_zero(
@@ -421,6 +453,7 @@ def registrations_end_to_end(
         finally:
             connection.close()
 
+    cpu_before = cpu_seconds(registry)
     started = time.perf_counter()
     threads = [threading.Thread(target=client) for _ in range(8)]
     for thread in threads:
@@ -443,9 +476,13 @@ def registrations_end_to_end(
             time.sleep(0.05)
         elapsed = time.perf_counter() - started
         active, finished = int(row[0]), int(row[1])
+    cpu_after = cpu_seconds(registry)
     if finished < count:
         raise RuntimeError(f"only {finished} of {count} registrations finished in {timeout} s")
-    return count / elapsed, active, finished - active
+    per_registration = {
+        kind: 1000 * (cpu_after[kind] - cpu_before[kind]) / count for kind in CPU_KINDS
+    }
+    return count / elapsed, active, finished - active, per_registration
 
 
 def main() -> None:
@@ -520,7 +557,7 @@ def main() -> None:
             (post, Target(">= 500 req/s, p99 <= 50 ms", post.rps >= 500 and post.p99_ms <= 50))
         )
 
-        per_second, _active, rejected = registrations_end_to_end(
+        per_second, _active, rejected, e2e_cpu = registrations_end_to_end(
             registry, args.registrations, timeout=max(120.0, args.registrations / 5)
         )
         e2e = Result(
@@ -608,6 +645,9 @@ def main() -> None:
     for result, target in rows:
         print(f"{result.row()}  {target.text} {target.mark()}")
     print()
+    print("CPU per registration end to end (ms, /proc; PostgreSQL and Redis: the whole servers):")
+    print("  " + ", ".join(f"{kind} {e2e_cpu[kind]:.2f}" for kind in CPU_KINDS))
+    print()
     print("single requests on the largest table (ms, status, path):")
     for ms, status, path in sorted(slowest, reverse=True):
         print(f"  {ms:8.1f}  {status}  {path}")
@@ -626,7 +666,8 @@ def main() -> None:
         print(f"GET /v1/assets (1M, filtered) vs registered-models/search: {list_ratio:6.1f}x")
     print(f"\nbench took {time.monotonic() - t0:.0f} s")
     if args.json:
-        figures = {r.name: {**dataclasses.asdict(r), "rps": r.rps} for r, _ in rows}
+        figures: dict[str, Any] = {r.name: {**dataclasses.asdict(r), "rps": r.rps} for r, _ in rows}
+        figures["cpu ms per registration"] = e2e_cpu
         for key, result in mlflow.items():
             figures[f"mlflow {key}"] = {**dataclasses.asdict(result), "rps": result.rps}
         args.json.write_text(json.dumps(figures, indent=2))

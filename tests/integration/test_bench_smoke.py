@@ -46,6 +46,13 @@ def test_bench_http_smoke_runs_every_load_without_errors(tmp_path: Path) -> None
         assert figures[name]["errors"] == 0, (name, figures[name])
         assert figures[name]["requests"] > 0 and figures[name]["rps"] > 0, (name, figures[name])
         assert name in stdout  # the table shows it
+    # Where a registration's CPU went, by process kind (the API and the workers did work).
+    cpu = figures["cpu ms per registration"]
+    assert sorted(cpu) == sorted(
+        ["api", "worker pool", "worker consumer", "postgres", "redis", "bench client"]
+    ), cpu
+    assert all(ms >= 0 for ms in cpu.values()) and cpu["api"] > 0 and cpu["worker pool"] > 0, cpu
+    assert "CPU per registration end to end" in stdout
     singles = stdout[stdout.index("single requests") :].split("\n\n")[0]
     for line in singles.splitlines()[1:]:
         assert line.split()[1] == "200", line
