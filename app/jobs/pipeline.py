@@ -97,12 +97,12 @@ class JobContext:
             db.session.rollback()
             raise LeaseLostError(self.job_id)
 
-    def finish(self, job: Job) -> None:
-        """Mark ``job`` succeeded, in the current transaction and under a lease still ours, as
-        :meth:`hold` and then setting the fields would, in one UPDATE instead of two: the job
-        row stays locked until the commit that writes the verdict. ``LeaseLostError`` (rolled
-        back) if the job was taken over."""
-        now = utcnow()
+    def finish(self, job: Job, now: dt.datetime | None = None) -> None:
+        """Mark ``job`` succeeded at ``now`` (default: now), in the current transaction and
+        under a lease still ours, as :meth:`hold` and then setting the fields would, in one
+        UPDATE instead of two: the job row stays locked until the commit that writes the
+        verdict. ``LeaseLostError`` (rolled back) if the job was taken over."""
+        now = now or utcnow()
         result = db.session.connection().execute(
             _FINISH, {"job": self.job_id, "holder": self.worker, "now": now}
         )
@@ -123,29 +123,19 @@ class JobContext:
 
 _TIMESTAMP = _JOBS.c.heartbeat_at.type
 # The statements every job runs, built once (building one costs about what running it does).
-_RENEW = (
-    update(_JOBS)
-    .where(
-        _JOBS.c.id == bindparam("job"),
-        _JOBS.c.worker == bindparam("holder"),
-        _JOBS.c.status == "running",
-    )
-    .values(heartbeat_at=bindparam("now", type_=_TIMESTAMP))
+# The job is still ours: running, with our lease.
+_HELD = update(_JOBS).where(
+    _JOBS.c.id == bindparam("job"),
+    _JOBS.c.worker == bindparam("holder"),
+    _JOBS.c.status == "running",
 )
-_FINISH = (
-    update(_JOBS)
-    .where(
-        _JOBS.c.id == bindparam("job"),
-        _JOBS.c.worker == bindparam("holder"),
-        _JOBS.c.status == "running",
-    )
-    .values(
-        status="succeeded",
-        finished_at=bindparam("now", type_=_TIMESTAMP),
-        worker=None,
-        error=null(),  # SQL NULL, not JSON's null
-        heartbeat_at=bindparam("now", type_=_TIMESTAMP),
-    )
+_RENEW = _HELD.values(heartbeat_at=bindparam("now", type_=_TIMESTAMP))
+_FINISH = _HELD.values(
+    status="succeeded",
+    finished_at=bindparam("now", type_=_TIMESTAMP),
+    worker=None,
+    error=null(),  # SQL NULL, not JSON's null
+    heartbeat_at=bindparam("now", type_=_TIMESTAMP),
 )
 # Queued, or running under a lease older than ``stale`` (its worker presumed dead).
 _CLAIM = (
@@ -349,17 +339,21 @@ def _hand_over(job: Job, queue: str, context: JobContext) -> None:
     db.session.commit()
 
 
-def _finish_step(step: JobStep, result: StepResult, asset_id: str) -> None:
-    step.status, step.detail, step.finished_at = result.status, result.detail, utcnow()
+def _finish_step(
+    step: JobStep, result: StepResult, asset_id: str, now: dt.datetime | None = None
+) -> None:
+    step.status, step.detail, step.finished_at = result.status, result.detail, now or utcnow()
     for event_type, data in result.events:
         record_event(db.session, event_type, asset_id, data)
 
 
 def _reject(job: Job, asset: Asset, step: JobStep, result: StepResult, context: JobContext) -> None:
     """Record a blocking failure: the step failed, the rest skipped, the asset rejected."""
-    context.finish(job)  # the lease is checked, and the job row locked, before any write
-    _finish_step(step, result, asset.id)
+    # One time for the job, the failed step, the skipped ones and the asset: the job does not
+    # finish before its steps. The lease is checked, and the job row locked, before any write.
     now = utcnow()
+    context.finish(job, now)
+    _finish_step(step, result, asset.id, now)
     for later in job.steps:
         if later.position > step.position and later.status in ("pending", "running"):
             later.status, later.finished_at = "skipped", now

@@ -201,6 +201,9 @@ def test_a_wrong_checksum_rejects_the_asset(stack: Stack) -> None:
     job = stack.wait_job(doc["job"]["id"])
     rejection = assert_rejected(job, stack.asset(doc["id"]), "CHECKSUM_MISMATCH", "checksum")
     assert str(len(data)) in rejection["message"]
+    # The job does not finish before its steps (the failed one and the skipped ones).
+    finished = dt.datetime.fromisoformat(job["finished_at"])
+    assert all(dt.datetime.fromisoformat(s["finished_at"]) <= finished for s in job["steps"])
     assert event_types(stack, doc["id"]) == [
         "asset_registered",
         "checksum_failed",
