@@ -13,7 +13,6 @@ from __future__ import annotations
 import abc
 import contextlib
 import dataclasses
-import functools
 import hashlib
 import os
 import posixpath
@@ -151,24 +150,18 @@ class BlobStore(abc.ABC):
         """Remove the object under ``key`` (no error if it is gone)."""
 
 
-@functools.lru_cache(maxsize=4096)
-def _resolved_inside(root: Path, key: str) -> Path:
-    """``root / key`` with symlinks and ``..`` resolved; ``ValueError`` if it leaves ``root``."""
-    path = (root / key).resolve()
-    if not path.is_relative_to(root) or path == root:
-        raise ValueError(f"key {key!r} escapes the store")
-    return path
-
-
 class LocalBlobStore(BlobStore):
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root).resolve()
         self.url = f"file://{self.root}"
 
     def _path(self, key: str) -> Path:
-        # Resolving walks every component of the path (an lstat each, ~30 us): a job asks for
-        # the same key several times (size, checksum, scan), so the answers are remembered.
-        return _resolved_inside(self.root, key)
+        # Resolved at every call (an lstat per component, ~30 us), never remembered: a path
+        # that was inside the store may since lead out of it through a symlink.
+        path = (self.root / key).resolve()
+        if not path.is_relative_to(self.root) or path == self.root:
+            raise ValueError(f"key {key!r} escapes the store")
+        return path
 
     def uri_for(self, key: str) -> str:
         return f"file://{self._path(key)}"

@@ -439,10 +439,24 @@ def test_local_store_refuses_a_symlink_that_leads_out_of_it(local_store, tmp_pat
     outside.write_bytes(b"secret")
     (local_store.root / "sha256").mkdir(parents=True, exist_ok=True)
     (local_store.root / "sha256" / "link").symlink_to(outside)
-    for _ in range(2):  # and again: a refusal is not remembered as an answer
-        with pytest.raises(ValueError, match="escapes the store"):
-            local_store.uri_for("sha256/link")
-        assert local_store.size("sha256/link") is None
+    with pytest.raises(ValueError, match="escapes the store"):
+        local_store.uri_for("sha256/link")
+    assert local_store.size("sha256/link") is None
+
+
+def test_a_key_that_became_a_symlink_out_of_the_store_is_refused(local_store, tmp_path):
+    # A key read once while inside the store, then replaced by a link that leads out of it:
+    # no earlier answer is reused.
+    key = digest_key(local_store.put(io.BytesIO(b"inside")).hex_digest)
+    assert local_store.size(key) == len(b"inside")
+    outside = tmp_path / "outside.bin"
+    outside.write_bytes(b"secret, longer")
+    path = local_store.root / key
+    path.unlink()
+    path.symlink_to(outside)
+    assert local_store.size(key) is None
+    with pytest.raises(ValueError, match="escapes the store"):
+        local_store.uri_for(key)
 
 
 def test_local_size_of_a_directory_is_none(local_store):
