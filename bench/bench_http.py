@@ -371,13 +371,13 @@ end
 CPU_KINDS = ("api", "worker pool", "worker consumer", "postgres", "redis", "bench client")
 
 
-def cpu_seconds(registry: Registry) -> dict[str, float]:
-    """CPU time used so far (/proc, user + system) by the registry's processes by kind, by the
-    machine's PostgreSQL and Redis servers (whatever else uses them too) and by this process."""
+def cpu_seconds(registry: Registry) -> dict[tuple[int, int], tuple[str, float]]:
+    """CPU time used so far (/proc, user + system) by each of the registry's processes, the
+    machine's PostgreSQL and Redis server processes (whatever else uses them too) and this one:
+    (pid, start time) -> (kind, seconds)."""
     groups = {registry.server.pid: "api", registry.worker.pid: "worker"}
     tick = os.sysconf("SC_CLK_TCK")
-    used = dict.fromkeys(CPU_KINDS, 0.0)
-    used["bench client"] = time.process_time()
+    used = {(os.getpid(), -1): ("bench client", time.process_time())}
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
@@ -386,7 +386,6 @@ def cpu_seconds(registry: Registry) -> dict[str, float]:
             fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
         except OSError:  # gone meanwhile
             continue
-        seconds = (int(fields[11]) + int(fields[12])) / tick
         kind = groups.get(int(fields[2]))  # the process group each was started in
         if kind == "worker":  # Celery's consumer, and its pool processes forked from it
             kind = "worker consumer" if int(entry) == registry.worker.pid else "worker pool"
@@ -395,8 +394,21 @@ def cpu_seconds(registry: Registry) -> dict[str, float]:
         elif kind is None and name.startswith("redis-server"):
             kind = "redis"
         if kind is not None:
-            used[kind] += seconds
+            seconds = (int(fields[11]) + int(fields[12])) / tick
+            used[(int(entry), int(fields[19]))] = (kind, seconds)
     return used
+
+
+def cpu_used_between(
+    before: dict[tuple[int, int], tuple[str, float]],
+    after: dict[tuple[int, int], tuple[str, float]],
+) -> dict[str, float]:
+    """Seconds of CPU per kind between two ``cpu_seconds`` readings, over the processes alive
+    at the second (one that exited meanwhile is missed, a new one counted from its start)."""
+    spent = dict.fromkeys(CPU_KINDS, 0.0)
+    for key, (kind, seconds) in after.items():
+        spent[kind] += seconds - before.get(key, (kind, 0.0))[1]
+    return spent
 
 
 def registrations_end_to_end(
@@ -479,9 +491,8 @@ def registrations_end_to_end(
     cpu_after = cpu_seconds(registry)
     if finished < count:
         raise RuntimeError(f"only {finished} of {count} registrations finished in {timeout} s")
-    per_registration = {
-        kind: 1000 * (cpu_after[kind] - cpu_before[kind]) / count for kind in CPU_KINDS
-    }
+    spent = cpu_used_between(cpu_before, cpu_after)
+    per_registration = {kind: 1000 * seconds / count for kind, seconds in spent.items()}
     return count / elapsed, active, finished - active, per_registration
 
 
@@ -645,7 +656,10 @@ def main() -> None:
     for result, target in rows:
         print(f"{result.row()}  {target.text} {target.mark()}")
     print()
-    print("CPU per registration end to end (ms, /proc; PostgreSQL and Redis: the whole servers):")
+    print(
+        "CPU per registration end to end (ms, /proc, processes alive at the end; PostgreSQL "
+        "and Redis: the whole servers):"
+    )
     print("  " + ", ".join(f"{kind} {e2e_cpu[kind]:.2f}" for kind in CPU_KINDS))
     print()
     print("single requests on the largest table (ms, status, path):")
