@@ -460,7 +460,7 @@ def run_scan_job(job_id: str, worker: str) -> None:
     step = job.steps[0]
     now = utcnow()
     step.status, step.detail, step.finished_at = "passed", detail, now
-    context.finish(job)
+    context.finish(job, now)  # the job and its step finish at the same time
     db.session.commit()
 
 
