@@ -374,6 +374,9 @@ def test_metrics_count_requests_by_route_template_and_time_them(stack: Stack) ->
     assert delta("GET", "unmatched", "404") == len(unmatched)
     assert delta("GET", "/v1/assets", "200") == 1
     assert delta("GET", "/v1/jobs/{job_id}", "200") >= len(jobs)
+    # Scrapes are not traffic: neither counter nor histogram has a /metrics series.
+    assert after.value("http_requests_total", path="/metrics") == 0
+    assert after.value("http_request_duration_seconds_count", path="/metrics") == 0
     raw = {a["id"] for a in assets} | {j["id"] for j in jobs} | set(unmatched)
     # (The counters are per process: other tests' apps in this process counted their own
     # routes before, so only the series this traffic moved are this app's.)
