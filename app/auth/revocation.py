@@ -46,10 +46,14 @@ class RedisRevocationStore:
         return f"{_PREFIX}family:{family}"
 
     def revoke_family(self, family: str, ttl_seconds: int) -> None:
+        from app.cache import forget_locally
+
         try:
             self.client.set(self.family_key(family), 1, ex=max(1, ttl_seconds))
         except Exception as exc:
             raise UnavailableError("revocation state (Redis) is unavailable") from exc
+        # The hot path's tracked readers hear of it from Redis; this process's at once.
+        forget_locally([self.family_key(family)])
 
     def is_revoked(self, family: str) -> bool:
         try:

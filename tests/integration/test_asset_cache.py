@@ -14,11 +14,13 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import jwt
 import pytest
 import redis
 from flask import Flask
 from redis.connection import AbstractConnection
 
+from app.auth.revocation import RedisRevocationStore
 from app.cache import (
     CachedEntry,
     ReadCache,
@@ -99,7 +101,7 @@ def test_redis_a_dropped_connection_is_replaced_without_a_miss(
     _, token = redis_cache.lookup(asset_id)
     redis_cache.store(asset_id, token, CachedEntry('"e"', b"{}"))
     assert redis_cache.lookup(asset_id)[0] is not None
-    reading = redis_cache._reader.connection  # the connection the hot path reads on
+    reading = redis_cache._reader.tracked.connection  # the connection the hot path reads on
     host, port = reading._sock.getsockname()[:2]
     admin = redis.Redis.from_url(f"{REDIS_BASE_URL}/0")
     try:
@@ -112,6 +114,83 @@ def test_redis_a_dropped_connection_is_replaced_without_a_miss(
 
     assert hit is not None and hit.etag == '"e"'
     assert _count("get", "error") == errors
+
+
+def _seen_within(check: Any, seconds: float = 2.0) -> float:
+    """How long until ``check()`` held (it must within ``seconds``): a change another process
+    makes reaches a tracked reader with Redis's invalidation notice, not with the write's reply."""
+    started = time.monotonic()
+    while not check():
+        assert time.monotonic() - started < seconds, "the change was never seen"
+        time.sleep(0.001)
+    return time.monotonic() - started
+
+
+def test_redis_a_repeat_read_is_answered_without_redis_until_another_process_changes_it(
+    redis_cache: RedisReadCache, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    asset_id = f"test-{uuid.uuid4().hex}"
+    _, token = redis_cache.lookup(asset_id)
+    redis_cache.store(asset_id, token, CachedEntry('"e1"', b"{}"))
+    assert redis_cache.lookup(asset_id)[0] is not None  # read (and tracked) once more
+    sent = _redis_commands(monkeypatch)
+    for _ in range(3):
+        hit, _ = redis_cache.lookup(asset_id)
+        assert hit is not None and hit.etag == '"e1"'
+    assert sent == []
+
+    # Another process (a plain client here, which tells this one nothing) invalidates it.
+    other = redis.Redis.from_url(f"{REDIS_BASE_URL}/0")
+    try:
+        entry_key, generation_key, _epoch = redis_cache._keys(asset_id)
+        other.incr(generation_key)
+        other.delete(entry_key)
+        waited = _seen_within(lambda: redis_cache.lookup(asset_id)[0] is None)
+        # A key read while it did not exist is tracked too: its creation is noticed.
+        marker = f"test-marker-{uuid.uuid4().hex}"
+        assert redis_cache._mget([marker]) == [None]
+        other.set(marker, b"1")
+        waited = max(waited, _seen_within(lambda: redis_cache._mget([marker]) == [b"1"]))
+    finally:
+        other.close()
+    assert waited < 0.5
+
+
+def test_redis_a_change_this_process_makes_is_read_back_at_once(
+    redis_cache: RedisReadCache,
+) -> None:
+    asset_id = f"test-{uuid.uuid4().hex}"
+    _, token = redis_cache.lookup(asset_id)
+    redis_cache.store(asset_id, token, CachedEntry('"e1"', b"{}"))
+    assert redis_cache.lookup(asset_id)[0] is not None
+    # Another cache object of this process (another app; the API's other threads alike).
+    writer = RedisReadCache(f"{REDIS_BASE_URL}/0")
+    try:
+        writer.invalidate([asset_id])
+        # Forgotten already: the reader had not read Redis's notice (it reads them on reads).
+        held = redis_cache._reader.tracked.values
+        assert not {redis_cache._keys(asset_id)[0], redis_cache._keys(asset_id)[1]} & set(held)
+        assert redis_cache.lookup(asset_id)[0] is None
+        _, token = redis_cache.lookup(asset_id)
+        writer.store(asset_id, token, CachedEntry('"e2"', b"{}"))
+        hit, _ = redis_cache.lookup(asset_id)
+        assert hit is not None and hit.etag == '"e2"'
+    finally:
+        writer.close()
+
+
+def test_redis_a_flush_forgets_every_tracked_value() -> None:
+    cache = RedisReadCache(f"{REDIS_BASE_URL}/13")
+    other = redis.Redis.from_url(f"{REDIS_BASE_URL}/13")
+    try:
+        _, token = cache.lookup("test-flushed")
+        cache.store("test-flushed", token, CachedEntry('"e"', b"{}"))
+        assert cache.lookup("test-flushed")[0] is not None
+        other.flushdb()
+        _seen_within(lambda: cache.lookup("test-flushed")[0] is None)
+    finally:
+        other.close()
+        cache.close()
 
 
 def test_memory_a_store_after_a_change_is_dropped(tmp_path: Path) -> None:
@@ -309,23 +388,33 @@ def test_a_user_entry_of_another_shape_is_read_from_the_database(redis_app: Flas
     assert me.get_json()["roles"] == ["developer"]
 
 
-def test_a_cached_authenticated_read_is_one_redis_round_trip(
+def test_a_cached_authenticated_read_is_one_redis_round_trip_then_none(
     redis_app: Flask, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Revocation, the caller's entry and the asset's come in one MGET: no database, no other
-    Redis command."""
+    Redis command; read again, they are answered from what the tracked connection holds."""
     client = redis_app.test_client()
     dev = login(client, "developer-1")
     asset_id = _register(dev)
-    for _ in range(2):  # warm
-        assert dev.get(f"/v1/assets/{asset_id}").status_code == 200
+    assert dev.get(f"/v1/assets/{asset_id}").status_code == 200  # stores the entry
+    cache: RedisReadCache = redis_app.extensions["read_cache"]
+    cache._reader.tracked.values.clear()  # as a process that has not read any of it yet
     sent = _redis_commands(monkeypatch)
     queries = _count_queries(redis_app)
     for _ in range(5):
         response = dev.get(f"/v1/assets/{asset_id}")
         assert response.status_code == 200 and response.get_json()["id"] == asset_id
-    assert sent == ["MGET"] * 5
+    assert sent == ["MGET"]
     assert queries() == 0
+
+    # A logout in another process: the token is refused once Redis's notice is here.
+    family = jwt.decode(dev.token, options={"verify_signature": False})["fam"]
+    other = redis.Redis.from_url(cache.url)
+    try:
+        other.set(RedisRevocationStore.family_key(family), 1, ex=60)
+    finally:
+        other.close()
+    _seen_within(lambda: dev.get(f"/v1/assets/{asset_id}").status_code == 401)
 
 
 def _redis_commands(monkeypatch: pytest.MonkeyPatch) -> list[str]:
@@ -417,8 +506,11 @@ def test_a_cached_list_page_reads_its_documents_in_one_redis_round_trip(
     again = dev.get(url).get_json()
     assert again == first
     assert _count("get", "hit") >= hits + 5
-    assert sent.count("MGET") == 2  # the caller's entry and revocation; the page's documents
-    assert "EVALSHA" not in sent and "EVAL" not in sent  # nothing stored: all were hits
+    # The caller's entry and revocation are held from the first read; the documents the first
+    # read stored are read once more, in one MGET; then they are held too.
+    assert sent == ["MGET"]  # nothing stored: all were hits
+    assert dev.get(url).get_json() == first
+    assert sent == ["MGET"]
 
 
 def test_a_missed_read_stores_its_entry_in_one_redis_command(
