@@ -1,11 +1,14 @@
 """Read-through cache of what the hot path reads, invalidated on every change.
 
 Two kinds of entries: single-asset reads (``GET /v1/assets/{id}``: the asset's ETag and its JSON
-body, so a hit costs one cache round trip and no database work) and users' authentication state
-(roles, disabled: read by every request's authentication). Any commit that touches an asset row,
-its tags or dependencies, or a user (API, worker or beat alike: the hooks below are on every
-SQLAlchemy session) drops that entry once the transaction has committed; so a demotion or a
-disable still takes effect at the next request.
+body, so a hit costs at most one cache round trip and no database work) and users'
+authentication state (roles, disabled: read by every request's authentication). Any commit that
+touches an asset row, its tags or dependencies, or a user (API, worker or beat alike: the hooks
+below are on every SQLAlchemy session) drops that entry once the transaction has committed; so a
+demotion or a disable still takes effect at the next request. On Redis, what a process read is
+kept in its memory until Redis pushes the notice that it changed (``TrackedReader``): a repeated
+read costs no round trip, and another process's change counts once its notice has arrived (on
+loopback, well under a millisecond after the write).
 
 A reader that misses reads the key's *generation* before it reads the database and stores its
 answer only if the generation is still the same; invalidation bumps the generation and deletes the
