@@ -62,6 +62,15 @@ def redis_cache() -> Iterator[RedisReadCache]:
     cache.close()
 
 
+def _cached(cache: RedisReadCache, etag: str = '"e"') -> str:
+    """A new asset id whose entry ``cache`` stored and has read back (so holds, when tracked)."""
+    asset_id = f"test-{uuid.uuid4().hex}"
+    _, token = cache.lookup(asset_id)
+    cache.store(asset_id, token, CachedEntry(etag, b"{}"))
+    assert cache.lookup(asset_id)[0] is not None
+    return asset_id
+
+
 def test_redis_a_store_after_a_change_is_dropped(redis_cache: RedisReadCache) -> None:
     asset_id = f"test-{uuid.uuid4().hex}"
     entry, token = redis_cache.lookup(asset_id)
@@ -97,10 +106,7 @@ def test_redis_a_dropped_connection_is_replaced_without_a_miss(
 ) -> None:
     # Redis restarted, a proxy timed the connection out: the next read reconnects and is
     # answered, rather than counted as an error and the cache left alone for seconds.
-    asset_id = f"test-{uuid.uuid4().hex}"
-    _, token = redis_cache.lookup(asset_id)
-    redis_cache.store(asset_id, token, CachedEntry('"e"', b"{}"))
-    assert redis_cache.lookup(asset_id)[0] is not None
+    asset_id = _cached(redis_cache)
     reading = redis_cache._reader.tracked.connection  # the connection the hot path reads on
     host, port = reading._sock.getsockname()[:2]
     admin = redis.Redis.from_url(f"{REDIS_BASE_URL}/0")
@@ -159,10 +165,7 @@ def test_redis_a_repeat_read_is_answered_without_redis_until_another_process_cha
 def test_redis_a_change_this_process_makes_is_read_back_at_once(
     redis_cache: RedisReadCache,
 ) -> None:
-    asset_id = f"test-{uuid.uuid4().hex}"
-    _, token = redis_cache.lookup(asset_id)
-    redis_cache.store(asset_id, token, CachedEntry('"e1"', b"{}"))
-    assert redis_cache.lookup(asset_id)[0] is not None
+    asset_id = _cached(redis_cache, '"e1"')
     # Another cache object of this process (another app; the API's other threads alike).
     writer = RedisReadCache(f"{REDIS_BASE_URL}/0")
     try:
@@ -183,11 +186,9 @@ def test_redis_a_flush_forgets_every_tracked_value() -> None:
     cache = RedisReadCache(f"{REDIS_BASE_URL}/13")
     other = redis.Redis.from_url(f"{REDIS_BASE_URL}/13")
     try:
-        _, token = cache.lookup("test-flushed")
-        cache.store("test-flushed", token, CachedEntry('"e"', b"{}"))
-        assert cache.lookup("test-flushed")[0] is not None
+        asset_id = _cached(cache)
         other.flushdb()
-        _seen_within(lambda: cache.lookup("test-flushed")[0] is None)
+        _seen_within(lambda: cache.lookup(asset_id)[0] is None)
     finally:
         other.close()
         cache.close()
