@@ -133,9 +133,11 @@ return 0
 
 
 TRACKED_MAX_AGE_SECONDS = 60.0
-TRACKED_MAX_KEYS = 50_000
+TRACKED_MAX_BYTES = 8 * 1024 * 1024  # per reader (thread): all of it is dropped past this
+TRACKED_SILENCE_SECONDS = 1.0  # heard nothing for this long: ask Redis before answering
 _READERS: weakref.WeakSet[TrackedReader] = weakref.WeakSet()
 _READERS_LOCK = threading.Lock()
+_PUSHED = object()  # what reading a push notice returns, as opposed to a reply
 
 
 class TrackedReader:
@@ -149,40 +151,72 @@ class TrackedReader:
     seen as soon as Redis's notice of it reaches this process. A change this process made is
     forgotten here at once (``forget_locally``), not when the notice arrives. The values go
     with the connection: a connection that fails, or is replaced, starts empty, so a notice
-    lost with it cannot leave a stale value behind. Each value is also read again after
-    ``TRACKED_MAX_AGE_SECONDS``, and all are dropped past ``TRACKED_MAX_KEYS``.
+    lost with it cannot leave a stale value behind; and one that has been silent for
+    ``TRACKED_SILENCE_SECONDS`` is asked (PING) before memory answers, so a connection that
+    died without a word (a NAT or a failover dropping it) is found out within about a second
+    plus the socket timeout, not trusted until the values age out. Each value is also read again
+    after ``TRACKED_MAX_AGE_SECONDS``, and all are dropped past ``TRACKED_MAX_BYTES``.
 
     redis-py's own client-side cache (``cache_config``) needs Redis 7.4; tracking itself is
     Redis 6's."""
 
     def __init__(self, pool: Any) -> None:
         kwargs = {**pool.connection_kwargs, "protocol": 3}
-        # Its own health check would reconnect behind our back, without tracking: a failure
-        # must reach _mget, which drops this reader with its values.
+        # Its own health check would reconnect behind our back, without tracking (a failure
+        # must reach _mget, which drops this reader with its values), and so could the
+        # handling of maintenance notices: neither on this connection.
         kwargs["health_check_interval"] = 0
+        kwargs.pop("maint_notifications_config", None)
+        kwargs.pop("maint_notifications_pool_handler", None)
         self.connection: Any = pool.connection_class(**kwargs)
         self.values: dict[str, tuple[float, bytes | None]] = {}
+        self.size = 0
+        self.forgotten = 0  # bumped by forget(): a fetch that overlapped one keeps nothing
+        self.heard = time.monotonic()  # when anything last came from Redis on it
         self.pid = os.getpid()
-        self.connection.connect()
-        self.socket = self.connection._sock
-        self.connection._parser.set_invalidation_push_handler(self._invalidated)
-        self.connection.send_command("CLIENT", "TRACKING", "ON")
-        if self.connection.read_response() not in (b"OK", "OK"):
-            raise redis.ConnectionError("Redis refused CLIENT TRACKING")
+        try:
+            self.connection.connect()
+            self.socket = self.connection._sock
+            parser = self.connection._parser
+            parser.set_invalidation_push_handler(self._invalidated)
+            parser.set_pubsub_push_handler(lambda _message: _PUSHED)
+            if self._call("CLIENT", "TRACKING", "ON") not in (b"OK", "OK"):
+                raise redis.ConnectionError("Redis refused CLIENT TRACKING")
+        except Exception:
+            self.connection.disconnect()
+            raise
         with _READERS_LOCK:
             _READERS.add(self)
 
-    def _invalidated(self, message: list[Any]) -> None:
+    def _call(self, *command: Any) -> Any:
+        """Send ``command`` and return its reply, applying the notices read before it one by
+        one (redis-py would recurse once per notice: a burst of them overflowed the stack)."""
+        self.connection.send_command(*command)
+        while True:
+            reply = self.connection.read_response(push_request=True)
+            if reply is not _PUSHED and reply is not None:  # None: a notice nobody handles
+                self.heard = time.monotonic()
+                return reply
+
+    def _invalidated(self, message: list[Any]) -> object:
         keys = message[1] if len(message) > 1 else None
         if keys is None:  # FLUSHDB, FLUSHALL, or Redis dropped its tracking table
-            self.values.clear()
-            return
-        for key in keys:
-            self.values.pop(key.decode() if isinstance(key, bytes) else key, None)
+            self._clear()
+        else:
+            self.forget(key.decode() if isinstance(key, bytes) else key for key in keys)
+        return _PUSHED
+
+    def _clear(self) -> None:
+        self.forgotten += 1
+        self.values.clear()
+        self.size = 0
 
     def forget(self, keys: Iterable[str]) -> None:
+        self.forgotten += 1
         for key in keys:
-            self.values.pop(key, None)
+            held = self.values.pop(key, None)
+            if held is not None:
+                self.size -= len(key) + (len(held[1]) if held[1] is not None else 0)
 
     def mget(self, keys: list[str]) -> list[bytes | None]:
         connection = self.connection
@@ -190,7 +224,10 @@ class TrackedReader:
             raise redis.ConnectionError("the tracked connection was replaced")
         while connection.can_read():  # the invalidations that have arrived meanwhile
             connection.read_response(push_request=True)
+            self.heard = time.monotonic()
         now = time.monotonic()
+        if now - self.heard > TRACKED_SILENCE_SECONDS:
+            self._call("PING")  # raises (timeout) when the connection is gone
         values = self.values
         known: dict[str, bytes | None] = {}
         missing: list[str] = []
@@ -201,22 +238,27 @@ class TrackedReader:
             else:
                 missing.append(key)
         if missing:
-            connection.send_command("MGET", *missing)
-            # Invalidations that come before the answer are applied as they are read; the
-            # answer itself is newer than any of them.
-            fetched: list[bytes | None] = connection.read_response()
-            if len(values) + len(missing) > TRACKED_MAX_KEYS:
-                values.clear()
+            forgotten = self.forgotten
+            # Notices that come before the answer are applied as they are read; the answer
+            # itself is newer than any of them.
+            fetched: list[bytes | None] = self._call("MGET", *missing)
+            # A forget (this process changed a key) or a notice that came while the answer
+            # was on its way may concern these keys: keep none of the answer then.
+            keep = forgotten == self.forgotten
             expires = now + TRACKED_MAX_AGE_SECONDS
             for key, value in zip(missing, fetched, strict=True):
-                values[key] = (expires, value)
                 known[key] = value
+                if keep:
+                    values[key] = (expires, value)
+                    self.size += len(key) + (len(value) if value is not None else 0)
+            if self.size > TRACKED_MAX_BYTES:
+                self._clear()
         return [known[key] for key in keys]
 
     def close(self) -> None:
         with _READERS_LOCK:
             _READERS.discard(self)
-        self.values.clear()
+        self._clear()
         self.connection.disconnect()
 
 

@@ -163,13 +163,14 @@ def init_metrics(app: Flask) -> None:
     exporter registry (the exporter installs its hooks only once per registry), which the scrape
     reads, or, under gunicorn and Celery, the multiprocess files do."""
     exporter_registry = CollectorRegistry(auto_describe=True)
-    exporter = PrometheusMetrics(
+    PrometheusMetrics(
         app,
         path=None,  # /metrics is served below, with the database's counts
         registry=exporter_registry,
         defaults_prefix=NO_PREFIX,
         group_by=path,
         buckets=LATENCY_BUCKETS,
+        excluded_paths=["^/metrics$"],
     )
     # The label children each (method, route, status) counts into: ``labels()`` validates and
     # looks its arguments up again at every call. Bounded by the app's routes x methods x codes.
@@ -178,7 +179,7 @@ def init_metrics(app: Flask) -> None:
     @app.after_request
     def _count(response: Response) -> Response:
         req = request._get_current_object()  # type: ignore[attr-defined]
-        if getattr(req, "prom_do_not_track", False):
+        if req.path == "/metrics":
             return response  # scrapes are not requests to count
         rule = req.url_rule
         key = (req.method, rule.rule if rule else None, response.status_code)
@@ -188,7 +189,6 @@ def init_metrics(app: Flask) -> None:
         child.inc()
         return response
 
-    @exporter.do_not_track()
     def metrics() -> Response:
         registry = _scrape_registry(app, exporter_registry)
         return Response(generate_latest(registry), mimetype=CONTENT_TYPE_LATEST)

@@ -4,6 +4,7 @@ request."""
 from __future__ import annotations
 
 import logging
+import os
 import re
 import sys
 import time
@@ -182,9 +183,12 @@ class _RequestState:
 
 
 def _carries_trace_context(environ: dict[str, Any]) -> bool:
-    """Whether the request has a header the global propagator reads (``traceparent``,
-    ``baggage``, or those of ``OTEL_PROPAGATORS``): extracting from none gives an empty
-    context, and costs a cached read ~3% to find that out."""
+    """Whether the request has a header the default propagators read (``traceparent``,
+    ``tracestate``, ``baggage``): extracting from none gives an empty context, and costs a
+    cached read ~3% to find that out. With ``OTEL_PROPAGATORS`` set, always extract: some
+    propagators read headers their ``fields`` do not name (Jaeger's ``uberctx-*``)."""
+    if "OTEL_PROPAGATORS" in os.environ:
+        return True
     return any(
         "HTTP_" + name.upper().replace("-", "_") in environ
         for name in propagate.get_global_textmap().fields

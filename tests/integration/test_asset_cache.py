@@ -7,6 +7,7 @@ Across processes with Redis and real workers: ``test_pipeline.py``
 
 from __future__ import annotations
 
+import socket
 import sqlite3
 import time
 import uuid
@@ -20,12 +21,14 @@ import redis
 from flask import Flask
 from redis.connection import AbstractConnection
 
+import app.cache as cache_module
 from app.auth.revocation import RedisRevocationStore
 from app.cache import (
     CachedEntry,
     ReadCache,
     RedisReadCache,
     SqliteMemoryReadCache,
+    TrackedReader,
     asset_key,
 )
 from app.metrics import CACHE_OPERATIONS
@@ -180,6 +183,71 @@ def test_redis_a_change_this_process_makes_is_read_back_at_once(
         assert hit is not None and hit.etag == '"e2"'
     finally:
         writer.close()
+
+
+def test_redis_a_connection_gone_silent_is_not_trusted_past_a_second(
+    redis_cache: RedisReadCache,
+) -> None:
+    """A connection that died without a word (a NAT dropping it) brings no notices: after a
+    second of silence the reader asks Redis first, times out, and reads on a new connection."""
+    asset_id = _cached(redis_cache)
+    reader = redis_cache._reader.tracked
+    with socket.create_server(("127.0.0.1", 0)) as silent:
+        mute = socket.create_connection(silent.getsockname())
+        mute.settimeout(real_timeout := reader.connection.socket_timeout)
+        assert real_timeout is not None and real_timeout <= 1
+        real = reader.connection._sock
+        reader.connection._sock = reader.socket = mute  # the hiredis parser reads this socket
+        reader.connection._parser._sock = mute
+        real.close()  # its notices are lost with it
+        other = redis.Redis.from_url(f"{REDIS_BASE_URL}/0")
+        try:
+            other.delete(redis_cache._keys(asset_id)[0])  # another process changes it
+        finally:
+            other.close()
+        errors = _count("get", "error")
+        time.sleep(cache_module.TRACKED_SILENCE_SECONDS + 0.1)
+        assert redis_cache.lookup(asset_id)[0] is None  # asked, timed out, read again
+        assert _count("get", "error") == errors
+        mute.close()
+
+
+def test_redis_a_burst_of_notices_before_a_reply_is_read_one_by_one(
+    redis_cache: RedisReadCache,
+) -> None:
+    prefix = f"test-burst-{uuid.uuid4().hex}:"
+    keys = [f"{prefix}{n}" for n in range(3000)]
+    reader = TrackedReader(redis_cache.client.connection_pool)
+    other = redis.Redis.from_url(f"{REDIS_BASE_URL}/0")
+    try:
+        assert reader.mget(keys) == [None] * len(keys)
+        other.mset(dict.fromkeys(keys, b"1"))  # 3,000 notices, queued before the next reply
+        time.sleep(0.2)
+        assert reader._call("MGET", keys[0]) == [b"1"]  # redis-py would recurse 3,000 deep
+        assert not set(keys) & set(reader.values)
+    finally:
+        other.delete(*keys)
+        other.close()
+        reader.close()
+
+
+def test_redis_a_reader_holds_at_most_its_byte_budget(
+    redis_cache: RedisReadCache, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(cache_module, "TRACKED_MAX_BYTES", 10_000)
+    prefix = f"test-budget-{uuid.uuid4().hex}:"
+    other = redis.Redis.from_url(f"{REDIS_BASE_URL}/0")
+    reader = TrackedReader(redis_cache.client.connection_pool)
+    try:
+        other.mset({f"{prefix}{n}": b"x" * 1000 for n in range(40)})
+        for n in range(40):
+            assert reader.mget([f"{prefix}{n}"]) == [b"x" * 1000]
+            assert reader.size <= 10_000 + 1100
+            assert len(reader.values) <= 11
+    finally:
+        other.delete(*(f"{prefix}{n}" for n in range(40)))
+        other.close()
+        reader.close()
 
 
 def test_redis_a_flush_forgets_every_tracked_value() -> None:
