@@ -8,7 +8,8 @@ below are on every SQLAlchemy session) drops that entry once the transaction has
 demotion or a disable still takes effect at the next request. On Redis, what a process read is
 kept in its memory until Redis pushes the notice that it changed (``TrackedReader``): a repeated
 read costs no round trip, and another process's change counts once its notice has arrived (on
-loopback, well under a millisecond after the write).
+loopback, well under a millisecond after the write; a connection that went silent is doubted
+after a second).
 
 A reader that misses reads the key's *generation* before it reads the database and stores its
 answer only if the generation is still the same; invalidation bumps the generation and deletes the
