@@ -215,9 +215,17 @@ class TrackedReader:
     def forget(self, keys: Iterable[str]) -> None:
         self.forgotten += 1
         for key in keys:
-            held = self.values.pop(key, None)
-            if held is not None:
-                self.size -= len(key) + (len(held[1]) if held[1] is not None else 0)
+            self._drop(key)
+
+    def _drop(self, key: str) -> None:
+        held = self.values.pop(key, None)
+        if held is not None:
+            self.size -= _footprint(key, held[1])
+
+    def _hold(self, key: str, expires: float, value: bytes | None) -> None:
+        self._drop(key)  # an aged-out value of the key, read again: not counted twice
+        self.values[key] = (expires, value)
+        self.size += _footprint(key, value)
 
     def mget(self, keys: list[str]) -> list[bytes | None]:
         connection = self.connection
@@ -250,8 +258,7 @@ class TrackedReader:
             for key, value in zip(missing, fetched, strict=True):
                 known[key] = value
                 if keep:
-                    values[key] = (expires, value)
-                    self.size += len(key) + (len(value) if value is not None else 0)
+                    self._hold(key, expires, value)
             if self.size > TRACKED_MAX_BYTES:
                 self._clear()
         return [known[key] for key in keys]
@@ -261,6 +268,10 @@ class TrackedReader:
             _READERS.discard(self)
         self._clear()
         self.connection.disconnect()
+
+
+def _footprint(key: str, value: bytes | None) -> int:
+    return len(key) + (len(value) if value is not None else 0)
 
 
 def forget_locally(keys: Iterable[str]) -> None:
