@@ -51,10 +51,18 @@ from app.errors import (
     UnavailableError,
     ValidationFailedError,
 )
-from app.events.service import record_event
+from app.events.models import Event
+from app.events.service import (
+    NUMBERED_INSERT,
+    insert_numbered,
+    new_event,
+    numbered_insert_params,
+    record_event,
+)
 from app.extensions import db
 from app.jobs.models import REGISTRATION_STEPS, Job, JobStep
 from app.jobs.queue import RUN_REGISTRATION, enqueue_after_commit
+from app.json import json_bytes
 from app.paging import Page, SortKey, paginate
 from app.stats.service import live_asset_total
 from app.storage import BlobStore, StorageError, digest_key
@@ -125,6 +133,136 @@ def _claim_name(session: DbSession, name: str, asset_type: str) -> None:
         raise AssetTypeMismatchError(name, str(existing), asset_type)
 
 
+# PostgreSQL: a registration's rows, and the claim of its name, in one statement (one round
+# trip and one statement to plan instead of six; about a sixth of the client CPU). The name is
+# pinned to its first type as in ``_claim_name``; the asset and what hangs off it are inserted
+# only when the pinned type is the asset's. The statement answers the pinned type, or NULL
+# when another transaction pinned the name after this statement's snapshot was taken (the
+# claim waited for it, and this snapshot cannot see its row): nothing was inserted, and the
+# statement is run again with a new snapshot. Parent rows come first in one statement: the
+# foreign keys are checked at its end. The event goes last, under the event lock.
+_REGISTER_ROWS = """
+WITH claim AS (
+  INSERT INTO asset_names (name, asset_type, created_at)
+  VALUES (%(name)s, %(asset_type)s, %(created_at)s)
+  ON CONFLICT (name) DO NOTHING
+  RETURNING asset_type
+), pinned AS (
+  SELECT coalesce(
+    (SELECT asset_type FROM claim),
+    (SELECT asset_type FROM asset_names WHERE name = %(name)s)
+  ) AS asset_type
+), asset AS (
+  INSERT INTO assets (
+    id, asset_type, name, version, version_key, version_sort, prerelease, description, license,
+    annotations, content_type, size_bytes, checksum_algorithm, checksum_value, storage_uri,
+    provenance, provenance_author, spec, status, compliance_status, created_by, created_at,
+    updated_at, row_version)
+  SELECT
+    %(id)s, %(asset_type)s, %(name)s, %(version)s, %(version_key)s, %(version_sort)s,
+    %(prerelease)s, %(description)s, %(license)s, %(annotations)s::jsonb, %(content_type)s,
+    %(size_bytes)s, %(checksum_algorithm)s, %(checksum_value)s, %(storage_uri)s,
+    %(provenance)s::jsonb, %(provenance_author)s, %(spec)s::jsonb, %(status)s,
+    %(compliance_status)s, %(created_by)s, %(created_at)s, %(updated_at)s, %(row_version)s
+  FROM pinned
+  WHERE pinned.asset_type = %(asset_type)s
+  RETURNING id
+), tags AS (
+  INSERT INTO asset_tags (asset_id, tag, position)
+  SELECT asset.id, t.tag, t.n - 1
+  FROM asset, unnest(%(tags)s::varchar[]) WITH ORDINALITY AS t(tag, n)
+), dependencies AS (
+  INSERT INTO asset_dependencies (asset_id, position, ref_id, name, asset_type, version_range)
+  SELECT asset.id, d.n - 1, d.ref_id, d.name, d.asset_type, d.version_range
+  FROM asset, unnest(
+    %(dep_ref_ids)s::varchar[], %(dep_names)s::varchar[], %(dep_types)s::varchar[],
+    %(dep_ranges)s::varchar[]
+  ) WITH ORDINALITY AS d(ref_id, name, asset_type, version_range, n)
+), job AS (
+  INSERT INTO jobs (
+    id, kind, asset_id, status, attempts, created_by, request_id, created_at, enqueued_at)
+  SELECT
+    %(job_id)s, %(job_kind)s, asset.id, %(job_status)s, 0, %(job_created_by)s,
+    %(request_id)s, %(job_created_at)s, %(enqueued_at)s
+  FROM asset
+  RETURNING id
+), steps AS (
+  INSERT INTO job_steps (job_id, position, name, status)
+  SELECT job.id, s.n - 1, s.name, 'pending'
+  FROM job, unnest(%(steps)s::varchar[]) WITH ORDINALITY AS s(name, n)
+), """
+_REGISTER_EVENT = NUMBERED_INSERT.format(source="asset")
+# Constant SQL, every value bound:
+_REGISTER = _REGISTER_ROWS + _REGISTER_EVENT + " SELECT asset_type FROM pinned"  # noqa: S608
+
+
+# The asset's columns that ``_REGISTER`` binds as they are (the JSON ones are bound as text).
+_ASSET_COLUMNS = (
+    "id",
+    "asset_type",
+    "name",
+    "version",
+    "version_key",
+    "version_sort",
+    "prerelease",
+    "description",
+    "license",
+    "content_type",
+    "size_bytes",
+    "checksum_algorithm",
+    "checksum_value",
+    "storage_uri",
+    "provenance_author",
+    "status",
+    "compliance_status",
+    "created_by",
+    "created_at",
+    "updated_at",
+    "row_version",
+)
+
+
+def _json_text(value: Any) -> str | None:
+    return None if value is None else json_bytes(value).decode()
+
+
+def _insert_registration(session: DbSession, asset: Asset, job: Job, event: Event) -> None:
+    """Insert ``asset`` (with its tags and dependencies), ``job`` (with its steps) and
+    ``event``, numbered, as ``_REGISTER`` does; ``AssetTypeMismatchError`` when the name is
+    pinned to another type."""
+    dependencies = asset.dependency_rows
+    params = {
+        **{column: getattr(asset, column) for column in _ASSET_COLUMNS},
+        "annotations": _json_text(asset.annotations),
+        "provenance": _json_text(asset.provenance),
+        "spec": _json_text(asset.spec),
+        "tags": [row.tag for row in asset.tag_rows],
+        "dep_ref_ids": [row.ref_id for row in dependencies],
+        "dep_names": [row.name for row in dependencies],
+        "dep_types": [row.asset_type for row in dependencies],
+        "dep_ranges": [row.version_range for row in dependencies],
+        "job_id": job.id,
+        "job_kind": job.kind,
+        "job_status": job.status,
+        "job_created_by": job.created_by,
+        "request_id": job.request_id,
+        "job_created_at": job.created_at,
+        "enqueued_at": job.enqueued_at,
+        "steps": [step.name for step in job.steps],
+        **numbered_insert_params(event),
+    }
+    connection = session.connection()
+    pinned = None
+    for _attempt in range(3):
+        pinned = connection.exec_driver_sql(_REGISTER, params).scalar()
+        if pinned is not None:
+            break
+    if pinned is None:
+        raise ConflictError(f"the name {asset.name} is being claimed concurrently; retry")
+    if pinned != asset.asset_type:
+        raise AssetTypeMismatchError(asset.name, str(pinned), asset.asset_type)
+
+
 def _visible_duplicate_id(session: DbSession, name: str, key: str, actor: Identity) -> str | None:
     row = session.execute(
         select(Asset.id, Asset.deleted_at).where(Asset.name == name, Asset.version_key == key)
@@ -149,9 +287,8 @@ def register_asset(data: Mapping[str, Any], actor: Identity, store: BlobStore) -
     key = without_build(version)
     name = data["name"]
     try:
-        _claim_name(session, name, data["asset_type"])
-        # A taken (name, version) is refused by the unique constraint at the flush below (the
-        # IntegrityError branch answers 409), not looked up first: one round trip less.
+        # A taken (name, version) is refused by the unique constraint when the rows are
+        # inserted (the IntegrityError branch answers 409), not looked up first.
         now = utcnow()
         checksum = data.get("checksum") or {}
         provenance = _provenance_document(data.get("provenance"))
@@ -202,11 +339,7 @@ def register_asset(data: Mapping[str, Any], actor: Identity, store: BlobStore) -
         ]
         # Rows inserted as they are, not through the unit of work (new rows: nothing cached or
         # loaded in this session can be stale); a taken (name, version) fails right here.
-        for rows in ([asset], asset.tag_rows, asset.dependency_rows, [job], job.steps):
-            insert_new(session, rows)
-        enqueue_after_commit(session(), RUN_REGISTRATION, [job.id])
-        record_event(
-            session,
+        event = new_event(
             "asset_registered",
             asset.id,
             {
@@ -216,6 +349,14 @@ def register_asset(data: Mapping[str, Any], actor: Identity, store: BlobStore) -
                 "job_id": job.id,
             },
         )
+        if session.get_bind().dialect.name == "postgresql":
+            _insert_registration(session, asset, job, event)
+        else:
+            _claim_name(session, name, asset.asset_type)
+            for rows in ([asset], asset.tag_rows, asset.dependency_rows, [job], job.steps):
+                insert_new(session, rows)
+            insert_numbered(session(), [event])
+        enqueue_after_commit(session(), RUN_REGISTRATION, [job.id])
         session.commit()
     except IntegrityError:
         session.rollback()

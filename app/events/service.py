@@ -50,9 +50,22 @@ def record_event(
     Actor, request id and trace id are taken from the current request or task context.
     Raises ``ValueError`` for a type that CONTRACT.md §7 does not list.
     """
+    row = new_event(event_type, asset_id, data)
+    own = session() if isinstance(session, scoped_session) else session
+    # The innermost transaction it was recorded in, so that a savepoint's rollback drops
+    # exactly its own events (begun here if nothing ran yet: a rollback then drops it too).
+    recorded_in = own.get_nested_transaction() or own.get_transaction() or own.begin()
+    own.info.setdefault(_PENDING, []).append((row, recorded_in))
+    return row
+
+
+def new_event(event_type: str, asset_id: str | None, data: dict[str, Any]) -> Event:
+    """The outbox row of one event, not yet numbered nor recorded anywhere: ``record_event``
+    records it, ``NUMBERED_INSERT`` inserts it. Actor, request id and trace id come from the
+    current request or task context; ``ValueError`` for a type CONTRACT.md §7 does not list."""
     if event_type not in EVENT_TYPES:
         raise ValueError(f"unknown event type {event_type!r}")
-    row = Event(
+    return Event(
         id=new_id(),
         seq=None,
         type=event_type,
@@ -65,12 +78,40 @@ def record_event(
         created_at=utcnow(),
         published_at=None,
     )
-    own = session() if isinstance(session, scoped_session) else session
-    # The innermost transaction it was recorded in, so that a savepoint's rollback drops
-    # exactly its own events (begun here if nothing ran yet: a rollback then drops it too).
-    recorded_in = own.get_nested_transaction() or own.get_transaction() or own.begin()
-    own.info.setdefault(_PENDING, []).append((row, recorded_in))
-    return row
+
+
+# For a caller that writes its change in one PostgreSQL statement: two more of its WITH
+# queries that take the event lock and insert the event bound by ``numbered_insert_params``,
+# numbered, once for each row of the WITH query named ``source`` (none when it has none). As
+# with ``insert_numbered``, the lock is held until the transaction ends and the number is taken
+# under it; the statement should be the transaction's last but the commit.
+NUMBERED_INSERT = """event_lock AS MATERIALIZED (
+  SELECT pg_advisory_xact_lock(%(event_lock)s::bigint)
+), numbered_event AS (
+  INSERT INTO events (
+    id, seq, type, asset_id, data, actor, request_id, trace_id, span_id, created_at)
+  SELECT
+    %(event_id)s, nextval('events_seq'), %(event_type)s, %(event_asset_id)s,
+    %(event_data)s::jsonb, %(event_actor)s, %(event_request_id)s, %(event_trace_id)s,
+    %(event_span_id)s, %(event_created_at)s
+  FROM {source}, event_lock
+)"""
+
+
+def numbered_insert_params(row: Event) -> dict[str, Any]:
+    """The parameters of ``NUMBERED_INSERT`` for ``row`` (from ``new_event``)."""
+    return {
+        "event_lock": EVENT_COMMIT_LOCK,
+        "event_id": row.id,
+        "event_type": row.type,
+        "event_asset_id": row.asset_id,
+        "event_data": json.dumps(row.data),
+        "event_actor": row.actor,
+        "event_request_id": row.request_id,
+        "event_trace_id": row.trace_id,
+        "event_span_id": row.span_id,
+        "event_created_at": row.created_at,
+    }
 
 
 @event.listens_for(Session, "before_commit")

@@ -4,13 +4,16 @@ registrations wins, and a name's type is settled by whichever first registration
 from __future__ import annotations
 
 import threading
+import time
 from collections import Counter
 from collections.abc import Iterator
 from typing import Any
 
+import psycopg
 import pytest
 from flask import Flask
 
+from app.extensions import db
 from tests.conftest import PASSWORD, committing_pg_app
 
 pytestmark = pytest.mark.integration
@@ -105,3 +108,52 @@ def test_different_versions_of_one_name_all_register(committing_app: Flask) -> N
         headers={"Authorization": f"Bearer {_token(committing_app)}"},
     )
     assert listing.get_json()["total"] == THREADS
+
+
+@pytest.mark.parametrize(("claimed_as", "expected"), [("model", 202), ("dataset", 409)])
+def test_a_first_registration_that_waited_on_another_claim_of_its_name(
+    committing_app: Flask, claimed_as: str, expected: int
+) -> None:
+    # Another transaction claims the name first and commits while this registration waits on
+    # its row: the registration then sees the claim (it does not read the name as unclaimed).
+    name = f"race/waited-{claimed_as}"
+    with committing_app.app_context():
+        url = db.engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
+    token = _token(committing_app)
+    with psycopg.connect(url) as other:
+        other.execute(
+            "INSERT INTO asset_names (name, asset_type, created_at) VALUES (%s, %s, now())",
+            (name, claimed_as),
+        )
+        results: list[tuple[int, dict[str, Any]]] = []
+
+        def post() -> None:
+            response = committing_app.test_client().post(
+                "/v1/assets",
+                json={"asset_type": "model", "name": name, "version": "1.0.0"},
+                headers={"Authorization": f"Bearer {token}"},
+            )
+            results.append((response.status_code, response.get_json()))
+
+        thread = threading.Thread(target=post)
+        thread.start()
+        deadline = time.monotonic() + 10
+        with psycopg.connect(url, autocommit=True) as watcher:
+            while time.monotonic() < deadline:  # until the registration waits on the claim
+                waiting = watcher.execute(
+                    "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                    "AND wait_event_type = 'Lock'"
+                ).fetchone()
+                if waiting and waiting[0]:
+                    break
+                time.sleep(0.01)
+            assert waiting and waiting[0], "the registration never waited on the claim"
+        other.commit()
+        thread.join(timeout=30)
+    [(status, doc)] = results
+    assert status == expected, doc
+    if expected == 409:
+        assert doc["code"] == "ALREADY_EXISTS"
+        assert "dataset" in doc["detail"]
+    else:
+        assert doc["asset_type"] == "model" and doc["status"] == "pending"
