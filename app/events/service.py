@@ -6,9 +6,9 @@ writers take one at a time (a transaction-scoped advisory lock on PostgreSQL; SQ
 ``BEGIN IMMEDIATE`` already lets one writer in at a time). The lock is released only after the
 commit is visible, so ``seq`` order is commit order: a reader that has seen event *n* has seen
 every event before it, and the relay and ``GET /v1/events?after=`` never skip one. Events are
-inserted at that point, numbered, by one Core statement (not through the unit of work), after
-everything else the transaction writes has been flushed: the lock is held for two short
-statements and cannot deadlock with row locks.
+inserted at that point, numbered, by one statement (not through the unit of work) that takes
+the lock, after everything else the transaction writes has been flushed: the lock is held for
+that statement and the commit, and cannot deadlock with row locks.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from typing import Any
 
 from cloudevents.core.formats.json import JSONFormat
 from cloudevents.core.v1.event import CloudEvent
-from sqlalchemy import Table, event, func, insert, select, text, update
+from sqlalchemy import Table, event, func, select, update
 from sqlalchemy.orm import Session, SessionTransaction, scoped_session
 
 from app.context import actor_var, current_span_id, current_trace_id, request_id_var
@@ -150,26 +150,59 @@ def insert_numbered(session: Session, rows: Sequence[Event]) -> None:
     """INSERT ``rows`` with the next feed positions, in this order; called just before the
     commit, holding the event commit lock until the transaction ends."""
     connection = session.connection()
+    if connection.dialect.name == "postgresql":
+        # One statement: the lock, the numbers (taken under it, in the rows' order) and the rows.
+        numbered = connection.exec_driver_sql(
+            _INSERT_NUMBERED,
+            {
+                "event_lock": EVENT_COMMIT_LOCK,
+                "count": len(rows),
+                "ids": [row.id for row in rows],
+                "types": [row.type for row in rows],
+                "asset_ids": [row.asset_id for row in rows],
+                "datas": [json.dumps(row.data) for row in rows],
+                "actors": [row.actor for row in rows],
+                "request_ids": [row.request_id for row in rows],
+                "trace_ids": [row.trace_id for row in rows],
+                "span_ids": [row.span_id for row in rows],
+                "created_ats": [row.created_at for row in rows],
+            },
+        )
+        seqs = dict(numbered.tuples().all())
+        for row in rows:
+            row.seq = seqs[row.id]
+        return
+    # SQLite: this transaction already holds the database's only write lock.
     table = Event.__table__
     assert isinstance(table, Table)
     values = [{c.key: getattr(row, c.key) for c in table.columns} for row in rows]
-    if connection.dialect.name == "postgresql":
-        connection.execute(_LOCK, {"key": EVENT_COMMIT_LOCK})
-        if len(rows) == 1:  # the common case: one statement under the lock
-            rows[0].seq = connection.execute(_INSERT_NEXT, values[0]).scalar_one()
-            return
-        numbers = sorted(connection.execute(_NEXT_N, {"n": len(rows)}).scalars())
-    else:  # SQLite: this transaction already holds the database's only write lock
-        start = connection.execute(select(func.max(Event.seq))).scalar_one() or 0
-        numbers = list(range(start + 1, start + 1 + len(rows)))
-    for row, row_values, n in zip(rows, values, numbers, strict=True):
+    start = connection.execute(select(func.max(Event.seq))).scalar_one() or 0
+    for n, (row, row_values) in enumerate(zip(rows, values, strict=True), start=start + 1):
         row.seq = row_values["seq"] = n
     connection.execute(table.insert(), values)
 
 
-_LOCK = text("SELECT pg_advisory_xact_lock(:key)")
-_NEXT_N = text("SELECT nextval('events_seq') FROM generate_series(1, :n)")
-_INSERT_NEXT = insert(Event).values(seq=func.nextval("events_seq")).returning(Event.seq)
+_INSERT_NUMBERED = """
+WITH event_lock AS MATERIALIZED (
+  SELECT pg_advisory_xact_lock(%(event_lock)s::bigint)
+), numbers AS MATERIALIZED (
+  SELECT n, nextval('events_seq') AS seq
+  FROM event_lock, generate_series(1, %(count)s::int) AS n
+)
+INSERT INTO events (
+  id, seq, type, asset_id, data, actor, request_id, trace_id, span_id, created_at)
+SELECT
+  e.id, numbers.seq, e.type, e.asset_id, e.data, e.actor, e.request_id, e.trace_id,
+  e.span_id, e.created_at
+FROM unnest(
+  %(ids)s::varchar[], %(types)s::varchar[], %(asset_ids)s::varchar[], %(datas)s::jsonb[],
+  %(actors)s::varchar[], %(request_ids)s::varchar[], %(trace_ids)s::varchar[],
+  %(span_ids)s::varchar[], %(created_ats)s::timestamptz[]
+) WITH ORDINALITY AS e(
+  id, type, asset_id, data, actor, request_id, trace_id, span_id, created_at, n)
+JOIN numbers USING (n)
+RETURNING id, seq
+"""
 
 
 # ---- reading -----------------------------------------------------------------------------
