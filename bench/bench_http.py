@@ -8,12 +8,16 @@ Starts, in a temporary directory, the registry as an operator would: ``llm-regis
 (gunicorn) on a fresh PostgreSQL database, Redis for cache, broker and revocation state, and
 ``llm-registry worker`` processes. Then drives it with ``wrk`` on loopback, every load bounded in
 time, and prints one table (req/s, p50, p99, errors, peak RSS of the server) with the targets of
-issue 8 beside the figures:
+issue 8 beside the figures. Each load runs at several concurrencies; a row shows the one with
+the highest req/s whose p99 meets the row's objective (else the lowest p99), and every run is
+printed after the table:
 
 - the ceiling: a bare Flask app returning a small JSON under the same gunicorn settings;
 - ``GET /v1/assets/{id}`` authenticated and warm (the read-through cache);
 - ``GET /v1/assets`` with filters, on a small table and on ``--list-assets`` rows;
-- ``POST /v1/assets`` (the 202 path: a new version per request);
+- ``POST /v1/assets`` (the 202 path: a new version per request), once with the worker paused
+  (Celery's ``cancel_consumer``: the API alone, as with workers on other machines) and once
+  with it consuming on the same cores;
 - registrations completed end to end per second (two worker processes, tiny blobs);
 - ``GET /v1/assets/{id}/dependencies`` and ``/dependents`` over ``--graph-assets`` assets in
   chains of depth 50;
@@ -207,6 +211,25 @@ class Registry:
         self.log.close()
         with psycopg.connect(PG_ADMIN, autocommit=True, connect_timeout=5) as admin:
             admin.execute(f'DROP DATABASE IF EXISTS "{self.database}" WITH (FORCE)')
+
+
+@contextlib.contextmanager
+def workers_paused() -> Iterator[None]:
+    """The Celery worker stops taking tasks (remote control ``cancel_consumer``) and takes them
+    again after: the 202 path measured on its own, as when the workers run on other machines.
+    What is sent meanwhile waits in the broker."""
+    from celery import Celery
+
+    control = Celery("bench", broker=REDIS_URL).control
+    queues = ("registry", "registry-tests")
+    for queue in queues:
+        if not control.cancel_consumer(queue, reply=True, timeout=10):
+            raise RuntimeError(f"the worker did not stop consuming {queue}")
+    try:
+        yield
+    finally:
+        for queue in queues:
+            control.add_consumer(queue, reply=True, timeout=10)
 
 
 @contextlib.contextmanager
@@ -519,14 +542,17 @@ def main() -> None:
     print(f"bench: {os.cpu_count()} cores, work dir {work}", flush=True)
     t0 = time.monotonic()
 
+    runs: list[Result] = []  # every concurrency tried, printed after the table
     with ceiling_server(args.workers, args.threads) as (ceiling_base, ceiling_pid):
-        ceiling, _ = best_of(
+        ceiling, tried = best_of(
             "ceiling: bare Flask JSON (bench/ceiling.py)",
             f"{ceiling_base}/ping",
             connections,
+            p99_slo_ms=25,
             duration=args.duration,
             watch=[ceiling_pid],
         )
+        runs += tried
     rows.append((ceiling, Target("reference")))
 
     registry = Registry(work, args.workers, args.threads, worker_processes=2)
@@ -536,14 +562,16 @@ def main() -> None:
         auth = registry.auth
         asset_id = registry.warm_asset()
 
-        get_one, _ = best_of(
+        get_one, tried = best_of(
             "GET /v1/assets/{id} (auth, warm)",
             f"{registry.base}/v1/assets/{asset_id}",
             (*connections, 64) if not args.smoke else connections,
+            p99_slo_ms=25,
             duration=args.duration,
             headers=auth,
             watch=watch,
         )
+        runs += tried
         ratio = get_one.rps / ceiling.rps if ceiling.rps else 0
         rows.append(
             (
@@ -555,15 +583,38 @@ def main() -> None:
             )
         )
 
-        post, _ = best_of(
-            "POST /v1/assets (202)",
+        with workers_paused():
+            post_alone, tried = best_of(
+                "POST /v1/assets (202), workers paused",
+                f"{registry.base}/v1/assets",
+                connections,
+                p99_slo_ms=50,
+                duration=args.duration,
+                headers=auth,
+                lua=register_lua(f"bench/alone-{os.getpid()}"),
+                watch=watch,
+            )
+        runs += tried
+        rows.append(
+            (
+                post_alone,
+                Target(
+                    ">= 500 req/s, p99 <= 50 ms (the API alone)",
+                    post_alone.rps >= 500 and post_alone.p99_ms <= 50,
+                ),
+            )
+        )
+        post, tried = best_of(
+            "POST /v1/assets (202), workers consuming",
             f"{registry.base}/v1/assets",
             connections,
+            p99_slo_ms=50,
             duration=args.duration,
             headers=auth,
             lua=register_lua(f"bench/write-{os.getpid()}"),
             watch=watch,
         )
+        runs += tried
         rows.append(
             (post, Target(">= 500 req/s, p99 <= 50 ms", post.rps >= 500 and post.p99_ms <= 50))
         )
@@ -584,26 +635,30 @@ def main() -> None:
         rows.append((e2e, Target(">= 100 /s (2 worker processes)", per_second >= 100)))
 
         heads = seed_assets(registry, args.graph_assets, 0, "g", chains=True)
-        deps, _ = best_of(
+        deps, tried = best_of(
             f"GET dependencies, depth {CHAIN_DEPTH - 1} ({args.graph_assets:,} assets)",
             registry.base,
             connections,
+            p99_slo_ms=50,
             duration=args.duration,
             headers=auth,
             lua=_rotate_lua([f"/v1/assets/{h}/dependencies" for h in heads[:500]]),
             watch=watch,
         )
+        runs += tried
         rows.append((deps, Target("p99 <= 50 ms", deps.p99_ms <= 50)))
         tails = [f"01BENCH{int(h[7:]) + CHAIN_DEPTH - 1:019d}" for h in heads[:500]]
-        dependents, _ = best_of(
+        dependents, tried = best_of(
             f"GET dependents, depth {CHAIN_DEPTH - 1} ({args.graph_assets:,} assets)",
             registry.base,
             connections,
+            p99_slo_ms=50,
             duration=args.duration,
             headers=auth,
             lua=_rotate_lua([f"/v1/assets/{t}/dependents" for t in tails]),
             watch=watch,
         )
+        runs += tried
         rows.append((dependents, Target("p99 <= 50 ms", dependents.p99_ms <= 50)))
 
         more = args.list_assets - args.graph_assets
@@ -625,15 +680,17 @@ def main() -> None:
             "/v1/assets?name=l500000",
             "/v1/assets?sort=version&limit=50",
         ]
-        lists, _ = best_of(
+        lists, tried = best_of(
             f"GET /v1/assets, 10 filter/sort mixes ({args.list_assets:,} assets)",
             registry.base,
             connections,
+            p99_slo_ms=100,
             duration=args.duration,
             headers=auth,
             lua=_rotate_lua(filters),
             watch=watch,
         )
+        runs += tried
         rows.append((lists, Target("p99 <= 100 ms", lists.p99_ms <= 100)))
         slowest = []
         for path in filters:  # which filter costs what, once each, warm
@@ -655,6 +712,14 @@ def main() -> None:
     print(HEADER + "  target")
     for result, target in rows:
         print(f"{result.row()}  {target.text} {target.mark()}")
+    print(
+        "(each row: the concurrency with the highest req/s whose p99 meets the row's objective, "
+        "else the lowest p99)"
+    )
+    print()
+    print("every concurrency tried:")
+    for result in runs:
+        print(result.row())
     print()
     print(
         "CPU per registration end to end (ms, /proc, processes alive at the end; PostgreSQL "
@@ -673,10 +738,12 @@ def main() -> None:
             print(result.row())
         read_ratio = get_one.rps / mlflow["get"].rps
         write_ratio = post.rps / mlflow["create"].rps
+        alone_ratio = post_alone.rps / mlflow["create"].rps
         list_ratio = lists.rps / mlflow["search"].rps if "search" in mlflow else 0
         print()
         print(f"GET asset vs model-versions/get:      {read_ratio:6.1f}x  (target >= 15x)")
         print(f"POST asset vs model-versions/create:  {write_ratio:6.1f}x  (target >= 6x)")
+        print(f"  the same, workers paused:            {alone_ratio:6.1f}x")
         print(f"GET /v1/assets (1M, filtered) vs registered-models/search: {list_ratio:6.1f}x")
     print(f"\nbench took {time.monotonic() - t0:.0f} s")
     if args.json:

@@ -189,17 +189,28 @@ def run_wrk(
 
 
 def best_of(
-    name: str, url: str, connection_counts: tuple[int, ...], **kwargs: object
+    name: str,
+    url: str,
+    connection_counts: tuple[int, ...],
+    *,
+    p99_slo_ms: float | None = None,
+    **kwargs: object,
 ) -> tuple[Result, list[Result]]:
-    """Run at each concurrency; the best is the highest req/s whose p99 stays the lowest
-    among those within 10% of the top throughput (the knee of the curve)."""
+    """Run at each concurrency and pick one. With ``p99_slo_ms``: the highest req/s whose p99
+    stays within it (throughput at the latency objective); when none does, the lowest p99.
+    Without: the lowest p99 among those within 10% of the top throughput (the knee)."""
     results = [
         run_wrk(f"{name} c={c}", url, connections=c, **kwargs)  # type: ignore[arg-type]
         for c in connection_counts
     ]
-    top = max(r.rps for r in results)
-    near = [r for r in results if r.rps >= 0.9 * top]
-    best = min(near, key=lambda r: r.p99_ms)
+    within = [r for r in results if p99_slo_ms is not None and r.p99_ms <= p99_slo_ms]
+    if within:
+        best = max(within, key=lambda r: r.rps)
+    elif p99_slo_ms is not None:
+        best = min(results, key=lambda r: r.p99_ms)
+    else:
+        top = max(r.rps for r in results)
+        best = min((r for r in results if r.rps >= 0.9 * top), key=lambda r: r.p99_ms)
     best = dataclasses.replace(best, name=name)
     return best, results
 
