@@ -222,14 +222,20 @@ def workers_paused() -> Iterator[None]:
 
     control = Celery("bench", broker=REDIS_URL).control
     queues = ("registry", "registry-tests")
+
+    def tell(command: str, queue: str) -> None:
+        # One worker node: its reply ends the wait (limit=1); no "ok" in it is an error.
+        replies = getattr(control, command)(queue, reply=True, timeout=10, limit=1)
+        if not any("ok" in answer for reply in replies or [] for answer in reply.values()):
+            raise RuntimeError(f"the worker did not answer {command} {queue}: {replies}")
+
     for queue in queues:
-        if not control.cancel_consumer(queue, reply=True, timeout=10):
-            raise RuntimeError(f"the worker did not stop consuming {queue}")
+        tell("cancel_consumer", queue)
     try:
         yield
     finally:
         for queue in queues:
-            control.add_consumer(queue, reply=True, timeout=10)
+            tell("add_consumer", queue)
 
 
 @contextlib.contextmanager
@@ -595,6 +601,13 @@ def main() -> None:
                 watch=watch,
             )
         runs += tried
+        # What the paused runs queued is done before the workers' own load is measured.
+        wait_until_zero(
+            registry,
+            "SELECT count(*) FROM jobs WHERE status IN ('queued', 'running')",
+            "jobs queued while the workers were paused",
+            timeout=900,
+        )
         rows.append(
             (
                 post_alone,

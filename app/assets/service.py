@@ -140,7 +140,8 @@ def _claim_name(session: DbSession, name: str, asset_type: str) -> None:
 # when another transaction pinned the name after this statement's snapshot was taken (the
 # claim waited for it, and this snapshot cannot see its row): nothing was inserted, and the
 # statement is run again with a new snapshot. Parent rows come first in one statement: the
-# foreign keys are checked at its end. The event goes last, under the event lock.
+# foreign keys are checked at its end. The event lock is held from the event's insert (the
+# rest of the statement, its triggers and checks included) until the commit.
 _REGISTER_ROWS = """
 WITH claim AS (
   INSERT INTO asset_names (name, asset_type, created_at)
@@ -222,8 +223,9 @@ _ASSET_COLUMNS = (
 )
 
 
-def _json_text(value: Any) -> str | None:
-    return None if value is None else json_bytes(value).decode()
+def _json_text(value: Any) -> str:
+    # None as JSON null, as SQLAlchemy's JSON type (and so the SQLite path) stores it.
+    return json_bytes(value).decode()
 
 
 def _insert_registration(session: DbSession, asset: Asset, job: Job, event: Event) -> None:

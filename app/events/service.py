@@ -84,7 +84,9 @@ def new_event(event_type: str, asset_id: str | None, data: dict[str, Any]) -> Ev
 # queries that take the event lock and insert the event bound by ``numbered_insert_params``,
 # numbered, once for each row of the WITH query named ``source`` (none when it has none). As
 # with ``insert_numbered``, the lock is held until the transaction ends and the number is taken
-# under it; the statement should be the transaction's last but the commit.
+# under it; the statement should be the transaction's last but the commit. PostgreSQL runs the
+# WITH queries in an order of its own: whatever else the statement writes (and its triggers and
+# foreign-key checks) may run under the lock too.
 NUMBERED_INSERT = """event_lock AS MATERIALIZED (
   SELECT pg_advisory_xact_lock(%(event_lock)s::bigint)
 ), numbered_event AS (
@@ -188,6 +190,7 @@ WITH event_lock AS MATERIALIZED (
 ), numbers AS MATERIALIZED (
   SELECT n, nextval('events_seq') AS seq
   FROM event_lock, generate_series(1, %(count)s::int) AS n
+  ORDER BY n  -- a volatile select list is computed after the sort: numbers in the rows' order
 )
 INSERT INTO events (
   id, seq, type, asset_id, data, actor, request_id, trace_id, span_id, created_at)
