@@ -140,8 +140,8 @@ def _claim_name(session: DbSession, name: str, asset_type: str) -> None:
 # when another transaction pinned the name after this statement's snapshot was taken (the
 # claim waited for it, and this snapshot cannot see its row): nothing was inserted, and the
 # statement is run again with a new snapshot. Parent rows come first in one statement: the
-# foreign keys are checked at its end. The event lock is held from the event's insert (the
-# rest of the statement, its triggers and checks included) until the commit.
+# foreign keys are checked at its end. The event is numbered and inserted as
+# ``NUMBERED_INSERT`` does it for any transaction.
 _REGISTER_ROWS = """
 WITH claim AS (
   INSERT INTO asset_names (name, asset_type, created_at)
@@ -192,7 +192,7 @@ WITH claim AS (
   SELECT job.id, s.n - 1, s.name, 'pending'
   FROM job, unnest(%(steps)s::varchar[]) WITH ORDINALITY AS s(name, n)
 ), """
-_REGISTER_EVENT = NUMBERED_INSERT.format(source="asset")
+_REGISTER_EVENT = NUMBERED_INSERT.format(source="asset")  # numbered only with an asset
 # Constant SQL, every value bound:
 _REGISTER = _REGISTER_ROWS + _REGISTER_EVENT + " SELECT asset_type FROM pinned"  # noqa: S608
 
@@ -251,7 +251,7 @@ def _insert_registration(session: DbSession, asset: Asset, job: Job, event: Even
         "job_created_at": job.created_at,
         "enqueued_at": job.enqueued_at,
         "steps": [step.name for step in job.steps],
-        **numbered_insert_params(event),
+        **numbered_insert_params([event]),
     }
     connection = session.connection()
     pinned = None

@@ -80,39 +80,51 @@ def new_event(event_type: str, asset_id: str | None, data: dict[str, Any]) -> Ev
     )
 
 
-# For a caller that writes its change in one PostgreSQL statement: two more of its WITH
-# queries that take the event lock and insert the event bound by ``numbered_insert_params``,
-# numbered, once for each row of the WITH query named ``source`` (none when it has none). As
-# with ``insert_numbered``, the lock is held until the transaction ends and the number is taken
-# under it; the statement should be the transaction's last but the commit. PostgreSQL runs the
-# WITH queries in an order of its own: whatever else the statement writes (and its triggers and
-# foreign-key checks) may run under the lock too.
+# Events numbered and inserted on PostgreSQL, as WITH queries of one statement: take the event
+# lock, take one number per event under it (in the rows' order: a volatile select list is
+# computed after the sort), insert the rows bound by ``numbered_insert_params``. ``source`` is
+# a FROM item that gates it: with no row, nothing is numbered or inserted. As in
+# ``insert_numbered``, the lock is held until the transaction ends, so the statement should be
+# its last but the commit; PostgreSQL runs WITH queries in an order of its own, so whatever
+# else the statement writes (its triggers and foreign-key checks too) may run under the lock.
 NUMBERED_INSERT = """event_lock AS MATERIALIZED (
   SELECT pg_advisory_xact_lock(%(event_lock)s::bigint)
-), numbered_event AS (
+), event_numbers AS MATERIALIZED (
+  SELECT n, nextval('events_seq') AS seq
+  FROM event_lock, {source}, generate_series(1, %(event_count)s::int) AS n
+  ORDER BY n
+), numbered_events AS (
   INSERT INTO events (
     id, seq, type, asset_id, data, actor, request_id, trace_id, span_id, created_at)
   SELECT
-    %(event_id)s, nextval('events_seq'), %(event_type)s, %(event_asset_id)s,
-    %(event_data)s::jsonb, %(event_actor)s, %(event_request_id)s, %(event_trace_id)s,
-    %(event_span_id)s, %(event_created_at)s
-  FROM {source}, event_lock
+    e.id, event_numbers.seq, e.type, e.asset_id, e.data, e.actor, e.request_id, e.trace_id,
+    e.span_id, e.created_at
+  FROM unnest(
+    %(event_ids)s::varchar[], %(event_types)s::varchar[], %(event_asset_ids)s::varchar[],
+    %(event_datas)s::jsonb[], %(event_actors)s::varchar[], %(event_request_ids)s::varchar[],
+    %(event_trace_ids)s::varchar[], %(event_span_ids)s::varchar[],
+    %(event_created_ats)s::timestamptz[]
+  ) WITH ORDINALITY AS e(
+    id, type, asset_id, data, actor, request_id, trace_id, span_id, created_at, n)
+  JOIN event_numbers USING (n)
+  RETURNING id, seq
 )"""
 
 
-def numbered_insert_params(row: Event) -> dict[str, Any]:
-    """The parameters of ``NUMBERED_INSERT`` for ``row`` (from ``new_event``)."""
+def numbered_insert_params(rows: Sequence[Event]) -> dict[str, Any]:
+    """The parameters of ``NUMBERED_INSERT`` for ``rows`` (from ``new_event``), in order."""
     return {
         "event_lock": EVENT_COMMIT_LOCK,
-        "event_id": row.id,
-        "event_type": row.type,
-        "event_asset_id": row.asset_id,
-        "event_data": json.dumps(row.data),
-        "event_actor": row.actor,
-        "event_request_id": row.request_id,
-        "event_trace_id": row.trace_id,
-        "event_span_id": row.span_id,
-        "event_created_at": row.created_at,
+        "event_count": len(rows),
+        "event_ids": [row.id for row in rows],
+        "event_types": [row.type for row in rows],
+        "event_asset_ids": [row.asset_id for row in rows],
+        "event_datas": [json.dumps(row.data) for row in rows],
+        "event_actors": [row.actor for row in rows],
+        "event_request_ids": [row.request_id for row in rows],
+        "event_trace_ids": [row.trace_id for row in rows],
+        "event_span_ids": [row.span_id for row in rows],
+        "event_created_ats": [row.created_at for row in rows],
     }
 
 
@@ -154,22 +166,7 @@ def insert_numbered(session: Session, rows: Sequence[Event]) -> None:
     connection = session.connection()
     if connection.dialect.name == "postgresql":
         # One statement: the lock, the numbers (taken under it, in the rows' order) and the rows.
-        numbered = connection.exec_driver_sql(
-            _INSERT_NUMBERED,
-            {
-                "event_lock": EVENT_COMMIT_LOCK,
-                "count": len(rows),
-                "ids": [row.id for row in rows],
-                "types": [row.type for row in rows],
-                "asset_ids": [row.asset_id for row in rows],
-                "datas": [json.dumps(row.data) for row in rows],
-                "actors": [row.actor for row in rows],
-                "request_ids": [row.request_id for row in rows],
-                "trace_ids": [row.trace_id for row in rows],
-                "span_ids": [row.span_id for row in rows],
-                "created_ats": [row.created_at for row in rows],
-            },
-        )
+        numbered = connection.exec_driver_sql(_INSERT_NUMBERED, numbered_insert_params(rows))
         seqs = dict(numbered.tuples().all())
         for row in rows:
             row.seq = seqs[row.id]
@@ -184,28 +181,9 @@ def insert_numbered(session: Session, rows: Sequence[Event]) -> None:
     connection.execute(table.insert(), values)
 
 
-_INSERT_NUMBERED = """
-WITH event_lock AS MATERIALIZED (
-  SELECT pg_advisory_xact_lock(%(event_lock)s::bigint)
-), numbers AS MATERIALIZED (
-  SELECT n, nextval('events_seq') AS seq
-  FROM event_lock, generate_series(1, %(count)s::int) AS n
-  ORDER BY n  -- a volatile select list is computed after the sort: numbers in the rows' order
-)
-INSERT INTO events (
-  id, seq, type, asset_id, data, actor, request_id, trace_id, span_id, created_at)
-SELECT
-  e.id, numbers.seq, e.type, e.asset_id, e.data, e.actor, e.request_id, e.trace_id,
-  e.span_id, e.created_at
-FROM unnest(
-  %(ids)s::varchar[], %(types)s::varchar[], %(asset_ids)s::varchar[], %(datas)s::jsonb[],
-  %(actors)s::varchar[], %(request_ids)s::varchar[], %(trace_ids)s::varchar[],
-  %(span_ids)s::varchar[], %(created_ats)s::timestamptz[]
-) WITH ORDINALITY AS e(
-  id, type, asset_id, data, actor, request_id, trace_id, span_id, created_at, n)
-JOIN numbers USING (n)
-RETURNING id, seq
-"""
+_ALWAYS = NUMBERED_INSERT.format(source="(VALUES (1)) AS always (one)")
+# Constant SQL, every value bound:
+_INSERT_NUMBERED = "WITH " + _ALWAYS + " SELECT id, seq FROM numbered_events"  # noqa: S608
 
 
 # ---- reading -----------------------------------------------------------------------------
