@@ -16,7 +16,7 @@ printed after the table:
 - ``GET /v1/assets/{id}`` authenticated and warm (the read-through cache);
 - ``GET /v1/assets`` with filters, on a small table and on ``--list-assets`` rows;
 - ``POST /v1/assets`` (the 202 path: a new version per request), once with the worker paused
-  (Celery's ``cancel_consumer``: the API alone, as with workers on other machines) and once
+  (stopped, then started again: the API alone, as with workers on other machines) and once
   with it consuming on the same cores;
 - registrations completed end to end per second (two worker processes, tiny blobs);
 - ``GET /v1/assets/{id}/dependencies`` and ``/dependents`` over ``--graph-assets`` assets in
