@@ -274,6 +274,9 @@ def _sort_bytes(version: str) -> bytes:
     return sort_key(parse_version(version))
 
 
+UNFINISHED_JOBS = "SELECT count(*) FROM jobs WHERE status IN ('queued', 'running')"
+
+
 def wait_until_zero(registry: Registry, query: str, what: str, timeout: float) -> None:
     """Poll ``query`` (one count) every 0.5 s until it is 0; RuntimeError naming ``what`` after
     ``timeout`` seconds."""
@@ -447,7 +450,7 @@ def registrations_end_to_end(
     # would time the backlog rather than these registrations.
     wait_until_zero(
         registry,
-        "SELECT count(*) FROM jobs WHERE status IN ('queued', 'running')",
+        UNFINISHED_JOBS,
         "jobs still queued or running",
         timeout=600,
     )
@@ -606,7 +609,7 @@ def main() -> None:
         # What the paused runs queued is done before the workers' own load is measured.
         wait_until_zero(
             registry,
-            "SELECT count(*) FROM jobs WHERE status IN ('queued', 'running')",
+            UNFINISHED_JOBS,
             "jobs queued while the workers were paused",
             timeout=900,
         )

@@ -44,8 +44,9 @@ def record_event(
     describes, and gets its place in the feed when that transaction commits).
 
     The row is not added to the session: it is inserted when the transaction commits, already
-    numbered, by one Core statement under the event lock (see ``_insert_pending_events``). An
-    event recorded inside a savepoint that rolls back is dropped with it.
+    numbered, by one statement under the event lock (see ``_insert_pending_events`` and
+    ``insert_numbered``). An event recorded inside a savepoint that rolls back is dropped with
+    it.
 
     Actor, request id and trace id are taken from the current request or task context.
     Raises ``ValueError`` for a type that CONTRACT.md §7 does not list.
