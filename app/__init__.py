@@ -63,6 +63,7 @@ def create_app(
     from app.auth.revocation import make_revocation_store
     from app.cache import make_read_cache
     from app.extensions import db, jwt, make_api, migrate
+    from app.http import RegistryFlask
     from app.jobs.queue import make_producer
     from app.json import OrjsonProvider
     from app.metrics import init_metrics
@@ -75,7 +76,7 @@ def create_app(
         settings = load_settings(overrides=overrides)
     observability.configure_logging(settings.log_level)
     observability.init_tracing(settings.otel_exporter_otlp_endpoint)
-    app = Flask(__name__, static_folder=None)
+    app = RegistryFlask(__name__, static_folder=None)
     app.json = OrjsonProvider(app)
     app.config.update(_flask_config(settings))
     app.extensions["registry_settings"] = settings
