@@ -47,13 +47,17 @@ from typing import Any, Protocol, cast
 
 import redis
 from cachetools import TTLCache
-from flask import g, has_request_context
+from flask import current_app, g, has_app_context, has_request_context
 from sqlalchemy import event
 from sqlalchemy.orm import ORMExecuteState, Session, SessionTransaction
 
 from app.metrics import CACHE_OPERATIONS
 
 log = logging.getLogger(__name__)
+
+# The hot path's label children: ``labels()`` validates and looks its arguments up at each call.
+_GET_HIT = CACHE_OPERATIONS.labels("get", "hit")
+_GET_MISS = CACHE_OPERATIONS.labels("get", "miss")
 
 ENTRY_TTL_SECONDS = 3600
 GENERATION_TTL_SECONDS = 86400
@@ -139,6 +143,15 @@ TRACKED_SILENCE_SECONDS = 1.0  # heard nothing for this long: ask Redis before a
 _READERS: weakref.WeakSet[TrackedReader] = weakref.WeakSet()
 _READERS_LOCK = threading.Lock()
 _PUSHED = object()  # what reading a push notice returns, as opposed to a reply
+_forks = 0  # how many forks made this process: a cheaper test than os.getpid() (a system call)
+
+
+def _count_fork() -> None:
+    global _forks
+    _forks += 1
+
+
+os.register_at_fork(after_in_child=_count_fork)
 
 
 class TrackedReader:
@@ -174,7 +187,7 @@ class TrackedReader:
         self.size = 0
         self.forgotten = 0  # bumped by forget(): a fetch that overlapped one keeps nothing
         self.heard = time.monotonic()  # when anything last came from Redis on it
-        self.pid = os.getpid()
+        self.forks = _forks  # a reader made before a fork is not the child's (its socket)
         try:
             self.connection.connect()
             self.socket = self.connection._sock
@@ -305,8 +318,6 @@ class RedisReadCache(ReadCache):
         before as long as Redis has not said they changed. A connection that fails is dropped,
         with every value it remembered, and the command sent once more on a new one (what
         redis-py's retry would do), then the error is the caller's."""
-        import redis
-
         try:
             return self._mget_once(keys)
         except (redis.ConnectionError, redis.TimeoutError):
@@ -314,7 +325,7 @@ class RedisReadCache(ReadCache):
 
     def _mget_once(self, keys: list[str]) -> list[bytes | None]:
         reader: TrackedReader | None = getattr(self._reader, "tracked", None)
-        if reader is None or reader.pid != os.getpid():
+        if reader is None or reader.forks != _forks:
             reader = self._reader.tracked = TrackedReader(self.client.connection_pool)
         try:
             return reader.mget(keys)
@@ -396,9 +407,9 @@ class RedisReadCache(ReadCache):
         if raw is not None:
             entry_epoch, _, rest = raw.partition(b"\n")
             if entry_epoch.decode() == epoch:
-                CACHE_OPERATIONS.labels("get", "hit").inc()
+                _GET_HIT.inc()
                 return CachedEntry.decode(rest), None
-        CACHE_OPERATIONS.labels("get", "miss").inc()
+        _GET_MISS.inc()
         return None, ((generation or b"").decode(), epoch)
 
     def store(self, key: str, token: object, entry: CachedEntry) -> None:
@@ -526,7 +537,7 @@ class SqliteMemoryReadCache(ReadCache):
                 return None, None
             entry = self._entries.get(key)
             token = (self._epoch, self._generations.get(key, 0))
-        CACHE_OPERATIONS.labels("get", "hit" if entry is not None else "miss").inc()
+        (_GET_HIT if entry is not None else _GET_MISS).inc()
         return entry, None if entry is not None else token
 
     def store(self, key: str, token: object, entry: CachedEntry) -> None:
@@ -673,8 +684,6 @@ def _take_prefetched(key: str) -> tuple[CachedEntry | None, object] | None:
 
 
 def current_read_cache() -> ReadCache | None:
-    from flask import current_app, has_app_context
-
     if not has_app_context():
         return None
     cache: ReadCache | None = current_app.extensions.get("read_cache")

@@ -9,7 +9,6 @@ from __future__ import annotations
 import http
 import logging
 import sqlite3
-import uuid
 from collections.abc import Mapping
 from typing import Any
 
@@ -17,6 +16,8 @@ import orjson
 from flask import Flask, Response, g, has_request_context, request
 from sqlalchemy import exc as sa_exc
 from werkzeug.exceptions import HTTPException
+
+from app.context import new_request_id
 
 log = logging.getLogger(__name__)
 
@@ -151,7 +152,7 @@ def _request_id() -> str | None:
     if not has_request_context():
         return None
     if not g.get("request_id"):
-        g.request_id = str(uuid.uuid4())
+        g.request_id = new_request_id()
     return str(g.request_id)
 
 

@@ -58,7 +58,8 @@ def path(req: Request) -> str:
     """The route as the OpenAPI document writes it (``/v1/assets/{asset_id}``), ``unmatched``
     when no route matched: never the raw URL, whose ids would explode the label set. (Named
     ``path`` because prometheus-flask-exporter names its label after this function.)"""
-    return route_template(req.url_rule.rule) if req.url_rule else "unmatched"
+    rule = req.url_rule
+    return route_template(rule.rule) if rule else "unmatched"
 
 
 class DatabaseCollector(Collector):
@@ -163,14 +164,15 @@ def init_metrics(app: Flask) -> None:
     exporter registry (the exporter installs its hooks only once per registry), which the scrape
     reads, or, under gunicorn and Celery, the multiprocess files do."""
     exporter_registry = CollectorRegistry(auto_describe=True)
-    PrometheusMetrics(
+    exporter = PrometheusMetrics(
         app,
         path=None,  # /metrics is served below, with the database's counts
         registry=exporter_registry,
         defaults_prefix=NO_PREFIX,
         group_by=path,
         buckets=LATENCY_BUCKETS,
-        excluded_paths=["^/metrics$"],
+        # No excluded_paths: it would match a pattern against every request's path. The
+        # scrape's view says it is not tracked instead (do_not_track, below).
     )
     # The label children each (method, route, status) counts into: ``labels()`` validates and
     # looks its arguments up again at every call. Bounded by the app's routes x methods x codes.
@@ -193,4 +195,4 @@ def init_metrics(app: Flask) -> None:
         registry = _scrape_registry(app, exporter_registry)
         return Response(generate_latest(registry), mimetype=CONTENT_TYPE_LATEST)
 
-    app.add_url_rule("/metrics", "metrics", metrics, methods=["GET"])
+    app.add_url_rule("/metrics", "metrics", exporter.do_not_track()(metrics), methods=["GET"])

@@ -8,7 +8,6 @@ import os
 import re
 import sys
 import time
-import uuid
 from collections.abc import Sequence
 from contextvars import Token
 from typing import Any
@@ -30,7 +29,13 @@ from opentelemetry.trace.span import TraceState
 from opentelemetry.util.types import Attributes
 from pythonjsonlogger.json import JsonFormatter
 
-from app.context import actor_var, current_trace_id, reads_only_var, request_id_var
+from app.context import (
+    actor_var,
+    current_trace_id,
+    new_request_id,
+    reads_only_var,
+    request_id_var,
+)
 from app.errors import InvalidInputError
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
@@ -182,21 +187,41 @@ class _RequestState:
         self.started = time.perf_counter()
 
 
+_propagated_keys: tuple[object, tuple[str, ...]] = (None, ())
+# Read when OpenTelemetry made its propagators (at import), as OpenTelemetry does.
+_PROPAGATORS_CHOSEN = "OTEL_PROPAGATORS" in os.environ
+
+
 def _carries_trace_context(environ: dict[str, Any]) -> bool:
     """Whether the request has a header the default propagators read (``traceparent``,
     ``tracestate``, ``baggage``): extracting from none gives an empty context, and costs a
     cached read ~3% to find that out. With ``OTEL_PROPAGATORS`` set, always extract: some
-    propagators read headers their ``fields`` do not name (Jaeger's ``uberctx-*``)."""
-    if "OTEL_PROPAGATORS" in os.environ:
+    propagators read headers their ``fields`` do not name (Jaeger's ``uberctx-*``). The
+    environ keys of those headers are worked out once per propagator, not per request."""
+    global _propagated_keys
+    if _PROPAGATORS_CHOSEN:
         return True
-    return any(
-        "HTTP_" + name.upper().replace("-", "_") in environ
-        for name in propagate.get_global_textmap().fields
-    )
+    textmap = propagate.get_global_textmap()
+    propagator, keys = _propagated_keys
+    if propagator is not textmap:
+        keys = tuple("HTTP_" + name.upper().replace("-", "_") for name in textmap.fields)
+        _propagated_keys = (textmap, keys)
+    return any(key in environ for key in keys)
+
+
+# Sent on every answer unless a view set its own.
+_ALWAYS_HEADERS = (
+    ("X-Content-Type-Options", "nosniff"),
+    ("X-Frame-Options", "DENY"),
+    ("Referrer-Policy", "no-referrer"),
+)
 
 
 def install_request_hooks(app: Flask) -> None:
     init_tracing(app.extensions["registry_settings"].otel_exporter_otlp_endpoint)
+    # The provider's own tracer, not the module's proxy (made before any provider was set),
+    # which would look the provider up again for every span.
+    server_tracer = trace.get_tracer("llm-registry")
 
     @app.before_request
     def _start() -> None:
@@ -205,12 +230,12 @@ def install_request_hooks(app: Flask) -> None:
         environ = req.environ
         headers = req.headers
         incoming = headers.get("X-Request-ID", "")
-        request_id = incoming if _REQUEST_ID.fullmatch(incoming) else str(uuid.uuid4())
+        request_id = incoming if _REQUEST_ID.fullmatch(incoming) else new_request_id()
         ctx = g._get_current_object()
         ctx.request_id = request_id
         parent = propagate.extract(headers) if _carries_trace_context(environ) else Context()
         rule = req.url_rule
-        span = tracer.start_span(
+        span = server_tracer.start_span(
             f"{req.method} {rule.rule if rule else 'unmatched'}",
             context=parent,
             kind=SpanKind.SERVER,
@@ -239,15 +264,20 @@ def install_request_hooks(app: Flask) -> None:
     @app.after_request
     def _finish(response: Response) -> Response:
         ctx = g._get_current_object()
-        request_id = ctx.get("request_id") or str(uuid.uuid4())
+        request_id = ctx.get("request_id") or new_request_id()
         headers = response.headers
-        headers["X-Request-ID"] = request_id
         status = response.status_code
-        if status not in (429, 503) and "Retry-After" in headers:
+        # One pass over the headers there are, rather than one or two per header added.
+        present = {name.lower() for name, _value in headers}
+        if "x-request-id" in present:
+            headers["X-Request-ID"] = request_id
+        else:
+            headers.add("X-Request-ID", request_id)
+        if status not in (429, 503) and "retry-after" in present:
             del headers["Retry-After"]  # the limiter adds it to every answer
-        headers.setdefault("X-Content-Type-Options", "nosniff")
-        headers.setdefault("X-Frame-Options", "DENY")
-        headers.setdefault("Referrer-Policy", "no-referrer")
+        for name, value in _ALWAYS_HEADERS:
+            if name.lower() not in present:
+                headers.add(name, value)
         req = request._get_current_object()  # type: ignore[attr-defined]
         if req.is_secure:  # TLS here or, with TRUSTED_PROXIES, at the proxy
             headers.setdefault("Strict-Transport-Security", "max-age=31536000; includeSubDomains")

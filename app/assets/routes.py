@@ -31,9 +31,12 @@ blp = Blueprint("assets", __name__, url_prefix="/v1/assets", description="Versio
 @blp.before_request
 def _prefetch_single_asset() -> None:
     # GET /v1/assets/{id}: its cache entry comes in the same round trip as the caller's.
-    if request.method == "GET" and request.endpoint == "assets.AssetById":
-        asset_id = (request.view_args or {}).get("asset_id")
-        if isinstance(asset_id, str) and "include_deleted" not in request.args:
+    req = request._get_current_object()  # type: ignore[attr-defined]
+    if req.method == "GET" and req.endpoint == "assets.AssetById":
+        asset_id = (req.view_args or {}).get("asset_id")
+        # Most reads have no query string: req.args would parse one nonetheless.
+        plain = not req.query_string or "include_deleted" not in req.args
+        if isinstance(asset_id, str) and plain:
             prefetch(asset_key(asset_id))
 
 
@@ -137,7 +140,7 @@ class AssetById(MethodView):
             cache.store(asset_key(asset_id), token, entry)
         if not_modified(entry.etag):
             return Response(status=304, headers={"ETag": entry.etag})
-        return Response(entry.body, mimetype="application/json", headers={"ETag": entry.etag})
+        return Response(entry.body, content_type="application/json", headers={"ETag": entry.etag})
 
     @blp.requires("asset:write")
     @blp.arguments(AssetUpdateSchema)

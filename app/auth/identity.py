@@ -57,8 +57,9 @@ class Identity:
 
 
 def _credential() -> str | None:
-    header = request.headers.get("Authorization")
-    api_key = request.headers.get("X-API-Key")
+    headers = request.headers
+    header = headers.get("Authorization")
+    api_key = headers.get("X-API-Key")
     if header is None:
         if api_key is None:
             return None
@@ -81,11 +82,12 @@ def _decode_access_token(token: str) -> dict[str, Any]:
     a token (its signature under this key, its issuer and audience) is checked once per process
     and remembered, the times again at every request. Revocation and the user's state are not
     part of it; they are read per request by the caller."""
-    config = current_app.config
+    app = current_app._get_current_object()  # type: ignore[attr-defined]
+    config = app.config
     key = config["JWT_SECRET_KEY"]
     audience, issuer = config["JWT_DECODE_AUDIENCE"], config["JWT_DECODE_ISSUER"]
     leeway = config.get("JWT_DECODE_LEEWAY", 0)
-    verified: dict[str, tuple[Any, Any, Any, dict[str, Any]]] = current_app.extensions.setdefault(
+    verified: dict[str, tuple[Any, Any, Any, dict[str, Any]]] = app.extensions.setdefault(
         "verified_access_tokens", {}
     )
     seen = verified.get(token)
@@ -145,26 +147,55 @@ def _identity_from_jwt(token: str) -> Identity:
         raise UnauthorizedError("the access token has been revoked")
     if user is None or user.disabled:
         raise UnauthorizedError("the access token is invalid or expired")
+    # The same token of a user in the same state is the same identity: made once, not at every
+    # request (it is immutable, and so is what it is made of).
+    made = _IDENTITIES.get((token, user))
+    if made is not None:
+        return made
     role = highest_role(user.roles)
     if role is None:
         raise UnauthorizedError("the user has no role")
-    return Identity(
+    identity = Identity(
         user_id=subject,
         username=user.username,
         role=role,
-        roles=tuple(user.roles),
+        roles=user.roles,
         permissions=permissions_of(role),
         token_jti=claims.get("jti"),
         family=family,
         token_exp=int(claims["exp"]),
     )
+    _keep(_IDENTITIES, (token, user), identity)
+    return identity
 
 
 @dataclasses.dataclass(frozen=True)
 class _UserState:
     username: str
-    roles: list[str]
+    roles: tuple[str, ...]
     disabled: bool
+
+
+# Bounded memos of this process, per token and per cached user entry (tokens live minutes).
+_IDENTITIES: dict[tuple[str, _UserState], Identity] = {}
+_USER_STATES: dict[bytes, _UserState] = {}
+_MEMO_KEPT = 10_000
+
+
+def _keep(memo: dict[Any, Any], key: Any, value: Any) -> None:
+    if len(memo) >= _MEMO_KEPT:
+        memo.clear()  # starting over costs one construction per caller
+    memo[key] = value
+
+
+def _user_state(body: bytes) -> _UserState:
+    """The user state a cache entry holds, parsed once per distinct entry."""
+    state = _USER_STATES.get(body)
+    if state is None:
+        fields = orjson.loads(body)
+        state = _UserState(fields["username"], tuple(fields["roles"]), bool(fields["disabled"]))
+        _keep(_USER_STATES, body, state)
+    return state
 
 
 def _revoked_and_user(family: str, user_id: str) -> tuple[bool, _UserState | None]:
@@ -188,13 +219,13 @@ def _revoked_and_user(family: str, user_id: str) -> tuple[bool, _UserState | Non
         return True, None
     if entry is not None:
         try:
-            return False, _UserState(**orjson.loads(entry.body))
-        except (TypeError, ValueError):  # written by another version of the code: read the row
+            return False, _user_state(entry.body)
+        except (TypeError, ValueError, KeyError):  # another version's entry: read the row
             log.warning("cache: unreadable entry for %s, reading the user from the database", key)
     user = db.session.get(User, user_id)
     if user is None:
         return False, None
-    state = _UserState(user.username, list(user.roles), bool(user.disabled))
+    state = _UserState(user.username, tuple(user.roles), bool(user.disabled))
     cache.store(key, token, CachedEntry("", json_bytes(dataclasses.asdict(state))))
     return False, state
 
@@ -218,7 +249,8 @@ def _identity_from_api_key(key: str) -> Identity:
 
 def current_identity() -> Identity:
     """The authenticated caller of this request; raises ``UnauthorizedError`` (401) otherwise."""
-    cached = g.get("identity")
+    ctx = g._get_current_object()
+    cached = ctx.get("identity")
     if cached is not None:
         return cached  # type: ignore[no-any-return]
     token = _credential()
@@ -228,7 +260,7 @@ def current_identity() -> Identity:
         identity = _identity_from_api_key(token)
     else:
         identity = _identity_from_jwt(token)
-    g.identity = identity
+    ctx.identity = identity
     actor_var.set(identity.username)  # events and logs of this request name their actor
     return identity
 

@@ -9,6 +9,7 @@ import datetime as dt
 import logging
 from typing import Any, Protocol
 
+from flask import current_app
 from sqlalchemy import delete, select
 
 from app.auth.models import RevokedToken
@@ -126,7 +127,5 @@ def make_revocation_store(redis_url: str | None) -> RevocationStore:
 
 
 def revocation_store() -> RevocationStore:
-    from flask import current_app
-
     store: RevocationStore = current_app.extensions["revocation_store"]
     return store
