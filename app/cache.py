@@ -372,7 +372,7 @@ class RedisReadCache(ReadCache):
         authenticated read of a cached asset costs one round trip in all."""
         if url != self.url or not self._available():
             return None
-        wanted = _wanted_keys()
+        wanted, prefetched = _wanted_keys()
         keys = [*self._keys(key), *(k for w in wanted for k in self._keys(w)[:2]), *others]
         try:
             raw, generation, epoch, *values = self._mget(keys)
@@ -381,7 +381,7 @@ class RedisReadCache(ReadCache):
             return None
         for index, wanted_key in enumerate(wanted):
             found = self._found(values[2 * index], values[2 * index + 1], epoch)
-            g.cache_prefetched[wanted_key] = found
+            prefetched[wanted_key] = found
         entry, token = self._found(raw, generation, epoch)
         return entry, token, values[2 * len(wanted) :]
 
@@ -663,28 +663,39 @@ def _forget_changed_keys(session: Session, previous_transaction: SessionTransact
         session.info.pop(_CHANGED_ALL, None)
 
 
+# On the hot path, Flask's globals are read through ``_get_current_object()``: an attribute of
+# the proxy itself (``g.x``) first fails as the proxy's own attribute, and the AttributeError
+# that Python makes for it costs more than the lookup.
+
+
 def prefetch(key: str) -> None:
     """This request will read ``key``: fetch it along with the caller's own entry."""
-    g.setdefault("cache_wanted", []).append(key)
+    g._get_current_object().setdefault("cache_wanted", []).append(key)
 
 
-def _wanted_keys() -> list[str]:
+def _wanted_keys() -> tuple[list[str], dict[str, tuple[CachedEntry | None, object]]]:
+    """The keys ``prefetch`` asked for, and where to put what is found for them."""
     if not has_request_context():
-        return []
-    wanted: list[str] = g.pop("cache_wanted", [])
-    g.cache_prefetched = {}
-    return wanted
+        return [], {}
+    ctx = g._get_current_object()
+    wanted: list[str] = ctx.pop("cache_wanted", [])
+    prefetched: dict[str, tuple[CachedEntry | None, object]] = {}
+    ctx.cache_prefetched = prefetched
+    return wanted, prefetched
 
 
 def _take_prefetched(key: str) -> tuple[CachedEntry | None, object] | None:
     if not has_request_context():
         return None
-    prefetched: dict[str, tuple[CachedEntry | None, object]] = g.get("cache_prefetched", {})
+    prefetched: dict[str, tuple[CachedEntry | None, object]] = g._get_current_object().get(
+        "cache_prefetched", {}
+    )
     return prefetched.pop(key, None)
 
 
 def current_read_cache() -> ReadCache | None:
     if not has_app_context():
         return None
-    cache: ReadCache | None = current_app.extensions.get("read_cache")
+    app = current_app._get_current_object()  # type: ignore[attr-defined]
+    cache: ReadCache | None = app.extensions.get("read_cache")
     return cache

@@ -30,7 +30,7 @@ def if_match_values() -> list[str] | None:
 
 def not_modified(etag: str) -> bool:
     """Whether ``If-None-Match`` matches ``etag`` (weak comparison, RFC 9110 §13.1.2)."""
-    header = request.headers.get("If-None-Match")
+    header = request._get_current_object().headers.get("If-None-Match")  # type: ignore[attr-defined]
     if header is None:
         return False
     tags = _parse(header, "If-None-Match")

@@ -28,6 +28,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 from prometheus_flask_exporter import NO_PREFIX, PrometheusMetrics
 from sqlalchemy import Engine, event
+from werkzeug.local import LocalProxy
 
 from app.events.service import outbox_backlog, published_total
 from app.extensions import db
@@ -58,6 +59,8 @@ def path(req: Request) -> str:
     """The route as the OpenAPI document writes it (``/v1/assets/{asset_id}``), ``unmatched``
     when no route matched: never the raw URL, whose ids would explode the label set. (Named
     ``path`` because prometheus-flask-exporter names its label after this function.)"""
+    if isinstance(req, LocalProxy):  # as prometheus-flask-exporter passes it
+        req = req._get_current_object()
     rule = req.url_rule
     return route_template(rule.rule) if rule else "unmatched"
 

@@ -99,7 +99,7 @@ class RegistryParser(FlaskParser):
             or kwargs.get("validate") is not None
         ):
             return super().parse(argmap, req, **kwargs)
-        request = req if req is not None else flask.request
+        request = req if req is not None else flask.request._get_current_object()  # type: ignore[attr-defined]
         if request.query_string:
             return super().parse(argmap, request, **kwargs)
         known = self._empty_query.get(argmap)

@@ -18,6 +18,7 @@ import orjson
 from flask import current_app, g, request
 from flask_jwt_extended.exceptions import JWTExtendedException
 from jwt import PyJWTError
+from werkzeug.datastructures import Headers
 
 from app.auth.apikeys import authenticate_api_key, looks_like_api_key
 from app.auth.permissions import allows, highest_role, permissions_of
@@ -57,7 +58,7 @@ class Identity:
 
 
 def _credential() -> str | None:
-    headers = request.headers
+    headers: Headers = request._get_current_object().headers  # type: ignore[attr-defined]
     header = headers.get("Authorization")
     api_key = headers.get("X-API-Key")
     if header is None:

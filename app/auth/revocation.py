@@ -127,5 +127,6 @@ def make_revocation_store(redis_url: str | None) -> RevocationStore:
 
 
 def revocation_store() -> RevocationStore:
-    store: RevocationStore = current_app.extensions["revocation_store"]
+    app = current_app._get_current_object()  # type: ignore[attr-defined]
+    store: RevocationStore = app.extensions["revocation_store"]
     return store
