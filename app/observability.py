@@ -3,6 +3,7 @@ request."""
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import re
@@ -187,26 +188,25 @@ class _RequestState:
         self.started = time.perf_counter()
 
 
-_propagated_keys: tuple[object, tuple[str, ...]] = (None, ())
 # Read when OpenTelemetry made its propagators (at import), as OpenTelemetry does.
 _PROPAGATORS_CHOSEN = "OTEL_PROPAGATORS" in os.environ
+
+
+@functools.lru_cache(maxsize=4)
+def _environ_keys(textmap: Any) -> tuple[str, ...]:
+    """The WSGI environ keys of the headers ``textmap`` reads: worked out once per propagator
+    rather than at every request."""
+    return tuple("HTTP_" + name.upper().replace("-", "_") for name in textmap.fields)
 
 
 def _carries_trace_context(environ: dict[str, Any]) -> bool:
     """Whether the request has a header the default propagators read (``traceparent``,
     ``tracestate``, ``baggage``): extracting from none gives an empty context, and costs a
     cached read ~3% to find that out. With ``OTEL_PROPAGATORS`` set, always extract: some
-    propagators read headers their ``fields`` do not name (Jaeger's ``uberctx-*``). The
-    environ keys of those headers are worked out once per propagator, not per request."""
-    global _propagated_keys
+    propagators read headers their ``fields`` do not name (Jaeger's ``uberctx-*``)."""
     if _PROPAGATORS_CHOSEN:
         return True
-    textmap = propagate.get_global_textmap()
-    propagator, keys = _propagated_keys
-    if propagator is not textmap:
-        keys = tuple("HTTP_" + name.upper().replace("-", "_") for name in textmap.fields)
-        _propagated_keys = (textmap, keys)
-    return any(key in environ for key in keys)
+    return any(key in environ for key in _environ_keys(propagate.get_global_textmap()))
 
 
 # Sent on every answer unless a view set its own.
