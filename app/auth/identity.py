@@ -104,13 +104,19 @@ def _decode_access_token(token: str) -> dict[str, Any]:
         issuer=issuer,
         leeway=leeway,
     )
-    if len(verified) >= VERIFIED_TOKENS_KEPT:
-        verified.clear()  # tokens live minutes: starting over costs one decode per caller
-    verified[token] = (key, audience, issuer, claims)
+    _keep(verified, token, (key, audience, issuer, claims))
     return claims
 
 
-VERIFIED_TOKENS_KEPT = 10_000
+MEMO_KEPT = 10_000  # entries of each per-process memo below (tokens live minutes)
+
+
+def _keep(memo: dict[Any, Any], key: Any, value: Any) -> None:
+    """``memo[key] = value``, the memo starting over when full: that costs one decode or
+    construction per caller, and keeps a process's memory bounded."""
+    if len(memo) >= MEMO_KEPT:
+        memo.clear()
+    memo[key] = value
 
 
 def _check_times(claims: dict[str, Any], leeway: float) -> None:
@@ -177,16 +183,9 @@ class _UserState:
     disabled: bool
 
 
-# Bounded memos of this process, per token and per cached user entry (tokens live minutes).
+# This process's memos (``_keep``), per token and per cached user entry.
 _IDENTITIES: dict[tuple[str, _UserState], Identity] = {}
 _USER_STATES: dict[bytes, _UserState] = {}
-_MEMO_KEPT = 10_000
-
-
-def _keep(memo: dict[Any, Any], key: Any, value: Any) -> None:
-    if len(memo) >= _MEMO_KEPT:
-        memo.clear()  # starting over costs one construction per caller
-    memo[key] = value
 
 
 def _user_state(body: bytes) -> _UserState:

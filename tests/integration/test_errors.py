@@ -123,6 +123,8 @@ def test_otherwise_a_uuid_is_generated(
 
     generated = response.headers["X-Request-ID"]
     assert str(uuid.UUID(generated)) == generated
+    assert uuid.UUID(generated).version == 4  # a random UUID, of RFC 9562's variant
+    assert uuid.UUID(generated).variant == uuid.RFC_4122
     if response.status_code >= 400:
         assert response.get_json(force=True)["request_id"] == generated
 
