@@ -26,6 +26,9 @@ from pathlib import Path
 
 import requests
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from loadgen import stop_cleanly_on_sigterm
+
 CHUNK = 8 * 1024 * 1024
 PASSWORD = "bench-password-123"
 
@@ -89,6 +92,7 @@ def main() -> None:
     parser.add_argument("--broker-url")
     parser.add_argument("--timeout", type=float, default=900, help="give up after this long")
     args = parser.parse_args()
+    stop_cleanly_on_sigterm()
     size = int(args.size_gib * 1024**3)
     bin_dir = Path(sys.executable).parent
     work = Path(tempfile.mkdtemp(prefix="bench-blobs-"))

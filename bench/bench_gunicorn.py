@@ -19,7 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_http import Registry, ceiling_server, register_lua
-from loadgen import Result, best_of, require_wrk
+from loadgen import Result, best_of, require_wrk, stop_cleanly_on_sigterm
 
 # processes x threads; threads > 1 means gunicorn's gthread worker, 1 its sync worker.
 DEFAULT_SETTINGS = "2x1,4x1,6x1,2x4,4x2,4x4"
@@ -66,6 +66,7 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=8, help="seconds per wrk run")
     parser.add_argument("--smoke", action="store_true", help="one pair, 1 s runs: a check")
     args = parser.parse_args()
+    stop_cleanly_on_sigterm()
     require_wrk()
     settings = _settings(args.settings)
     connections: tuple[int, ...] = (8, 16, 32)

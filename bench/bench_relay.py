@@ -30,6 +30,9 @@ from typing import Any
 
 import psycopg
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from loadgen import stop_cleanly_on_sigterm
+
 PG_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 PG_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
 
@@ -227,6 +230,7 @@ def main() -> int:
     parser.add_argument("--timeout", type=float, default=120, help="give up publishing after")
     parser.add_argument("--smoke", action="store_true", help="200 events, quick")
     args = parser.parse_args()
+    stop_cleanly_on_sigterm()
     total = 200 if args.smoke else args.events
     if total < 1 or args.batch_size < 1:
         parser.error("--events and --batch-size must be at least 1")
