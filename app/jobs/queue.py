@@ -1,8 +1,8 @@
 """The one place the app hands work to Celery: by task name, after the transaction commits.
 
 ``app/`` never imports ``workers/``. A send that fails (broker down) is logged and leaves the job
-``queued``; the periodic ``registry.jobs.requeue_stale`` task sends it again once the broker is
-back, so no job is lost.
+``queued``, marked unsent; the periodic ``registry.jobs.requeue_stale`` task sends it again at its
+next pass once the broker is back, so no job is lost.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from celery import Celery
 from flask import current_app, has_app_context
 from opentelemetry import propagate, trace
 from opentelemetry.trace import SpanKind, StatusCode
-from sqlalchemy import event
+from sqlalchemy import event, update
 from sqlalchemy.orm import Session, SessionTransaction
 
 from config import Settings
@@ -73,9 +73,31 @@ def enqueue_after_commit(
 
 @event.listens_for(Session, "after_commit")
 def _send_pending(session: Session) -> None:
-    for producer, name, args, queue in session.info.pop(_PENDING, []):
-        if producer is not None:
-            send_task(producer, name, args, queue)
+    unsent = [
+        args[0]  # every task sent here runs one job: its id first
+        for producer, name, args, queue in session.info.pop(_PENDING, [])
+        if producer is not None and not send_task(producer, name, args, queue)
+    ]
+    if unsent:
+        _mark_unsent(session, unsent)
+
+
+def _mark_unsent(session: Session, job_ids: list[str]) -> None:
+    """Jobs whose message the broker refused (it was down): ``enqueued_at`` cleared, so that
+    the reaper sends them at its next pass (every 30 s), as it does a job never sent. Without
+    this they would wait ``REQUEUE_QUEUED_AFTER``, which is for a message the broker took and
+    then lost. The transaction has ended (after commit): one statement of its own."""
+    from app.jobs.models import Job
+
+    try:
+        with session.get_bind().begin() as connection:
+            connection.execute(
+                update(Job)
+                .where(Job.id.in_(job_ids), Job.status == "queued")
+                .values(enqueued_at=None)
+            )
+    except Exception as exc:  # the database too: the reaper still sends them, later
+        log.warning("could not mark jobs %s unsent: %s", job_ids, exc.__class__.__name__)
 
 
 @event.listens_for(Session, "after_soft_rollback")

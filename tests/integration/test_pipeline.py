@@ -23,6 +23,7 @@ import blake3
 import boto3
 import psycopg
 import pytest
+from celery import Celery
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import update
 from sqlalchemy.orm import Session
@@ -34,6 +35,8 @@ from app.jobs.queue import REQUEUE_STALE
 from app.jobs.service import REQUEUE_QUEUED_AFTER, requeue_stale_jobs
 from tests.conftest import Api
 from tests.integration.pipeline_support import Stack, running_stack
+
+CLOSED = "127.0.0.1:1"  # nothing listens there: a broker that is down
 
 pytestmark = pytest.mark.integration
 
@@ -725,6 +728,28 @@ def test_a_job_whose_message_was_lost_is_requeued(
 
     stack.query(age)
     stack.send_task(REQUEUE_STALE)
+    job = stack.wait_job(job_id)
+    assert_active(job, stack.asset(doc["id"]))
+    assert job["attempts"] == 1
+
+
+def test_a_job_the_broker_refused_is_sent_at_the_reapers_next_pass(
+    stack: Stack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The broker is down when the registration commits: the 202 still comes (the job is
+    queued, nothing lost), and the reaper's next pass sends it, without the wait it gives a
+    message the broker took."""
+    down = Celery("broker-down", broker=f"redis://{CLOSED}/0")
+    down.conf.broker_connection_timeout = 0.5
+    monkeypatch.setitem(stack.app.extensions, "task_producer", down)
+    doc = stack.register(model(unique("refused")))
+    monkeypatch.undo()
+    job_id = doc["job"]["id"]
+    time.sleep(1.0)
+    job = stack.api("viewer").get(f"/v1/jobs/{job_id}").get_json()
+    assert job["status"] == "queued" and job["attempts"] == 0
+
+    stack.send_task(REQUEUE_STALE)  # the broker is back: beat's next pass
     job = stack.wait_job(job_id)
     assert_active(job, stack.asset(doc["id"]))
     assert job["attempts"] == 1
