@@ -90,7 +90,7 @@ def _mark_unsent(session: Session, job_ids: list[str]) -> None:
     from app.jobs.models import Job
 
     try:
-        with session.get_bind().begin() as connection:
+        with session.get_bind().engine.begin() as connection:
             connection.execute(
                 update(Job)
                 .where(Job.id.in_(job_ids), Job.status == "queued")
