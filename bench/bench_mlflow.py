@@ -27,7 +27,6 @@ import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import urllib.error
 import urllib.parse
@@ -35,14 +34,13 @@ import urllib.request
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 import psycopg
 from psycopg import sql
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from loadgen import HEADER, Result, best_of, wait_http
+from loadgen import HEADER, Result, best_of, stop_cleanly_on_sigterm, wait_http
 
 MLFLOW_VERSION = "3.17.2"
 REQUIREMENTS = (f"mlflow=={MLFLOW_VERSION}", "psycopg2-binary==2.9.13")
@@ -183,19 +181,11 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
         process.wait(timeout=10)
 
 
-def _interrupt(_signum: int, _frame: FrameType | None) -> None:
-    raise KeyboardInterrupt
-
-
 @contextlib.contextmanager
 def mlflow_server(workers: int) -> Iterator[Server]:
     """``mlflow server`` on a fresh database, ready to answer; stopped and dropped on exit."""
     mlflow = ensure_venv()
     database = f"mlflow_bench_{os.getpid()}"
-    previous = None
-    if threading.current_thread() is threading.main_thread():
-        # A SIGTERM to the bench must still stop the server and drop the database.
-        previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
         _admin(DROP.format(sql.Identifier(database)))
         _admin(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(database)))
@@ -244,11 +234,7 @@ def mlflow_server(workers: int) -> Iterator[Server]:
                 finally:
                     _stop(process)
     finally:
-        try:
-            _admin(DROP.format(sql.Identifier(database)))
-        finally:
-            if previous is not None:
-                signal.signal(signal.SIGTERM, previous)
+        _admin(DROP.format(sql.Identifier(database)))
 
 
 # ---- seeding -------------------------------------------------------------------------------------
@@ -375,6 +361,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2, help="uvicorn worker processes")
     parser.add_argument("--smoke", action="store_true", help="1 s runs at one concurrency")
     args = parser.parse_args()
+    stop_cleanly_on_sigterm()  # the server stopped and its database dropped on a SIGTERM too
     duration, connections = (1.0, (16,)) if args.smoke else (args.duration, (4, 16, 32))
     started, load_before = time.monotonic(), os.getloadavg()[0]
     try:
