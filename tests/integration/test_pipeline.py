@@ -704,17 +704,26 @@ def test_concurrent_registrations_never_close_a_cycle(stack: Stack) -> None:
         assert locks(verdicts[0]) == [("^1.0.0", "1.0.0")]
 
 
+def _registered_unsent(
+    stack: Stack, monkeypatch: pytest.MonkeyPatch, producer: Celery | None, name: str
+) -> dict[str, Any]:
+    """Register a model while the app sends its tasks through ``producer`` (None: not at
+    all); the asset document, once its job is seen still queued, never attempted."""
+    monkeypatch.setitem(stack.app.extensions, "task_producer", producer)
+    doc = stack.register(model(unique(name)))
+    monkeypatch.undo()
+    time.sleep(1.0)
+    job = stack.api("viewer").get(f"/v1/jobs/{doc['job']['id']}").get_json()
+    assert job["status"] == "queued" and job["attempts"] == 0
+    return doc
+
+
 def test_a_job_whose_message_was_lost_is_requeued(
     stack: Stack, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # The broker never gets the message (as when Redis lost it or was down at commit).
-    monkeypatch.setitem(stack.app.extensions, "task_producer", None)
-    doc = stack.register(model(unique("lost")))
-    monkeypatch.undo()
+    # The broker never gets the message (as when Redis took it, then lost it).
+    doc = _registered_unsent(stack, monkeypatch, None, "lost")
     job_id = doc["job"]["id"]
-    time.sleep(1.0)
-    job = stack.api("viewer").get(f"/v1/jobs/{job_id}").get_json()
-    assert job["status"] == "queued" and job["attempts"] == 0
 
     # Sent long ago: the reaper sends it again (a fresh one is left alone).
     stack.send_task(REQUEUE_STALE)
@@ -741,16 +750,10 @@ def test_a_job_the_broker_refused_is_sent_at_the_reapers_next_pass(
     message the broker took."""
     down = Celery("broker-down", broker=f"redis://{CLOSED}/0")
     down.conf.broker_connection_timeout = 0.5
-    monkeypatch.setitem(stack.app.extensions, "task_producer", down)
-    doc = stack.register(model(unique("refused")))
-    monkeypatch.undo()
-    job_id = doc["job"]["id"]
-    time.sleep(1.0)
-    job = stack.api("viewer").get(f"/v1/jobs/{job_id}").get_json()
-    assert job["status"] == "queued" and job["attempts"] == 0
+    doc = _registered_unsent(stack, monkeypatch, down, "refused")
 
     stack.send_task(REQUEUE_STALE)  # the broker is back: beat's next pass
-    job = stack.wait_job(job_id)
+    job = stack.wait_job(doc["job"]["id"])
     assert_active(job, stack.asset(doc["id"]))
     assert job["attempts"] == 1
 
