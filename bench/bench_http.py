@@ -656,7 +656,8 @@ def main() -> None:
                 watch=(ceiling_pid, registry.server.pid),
             )
         ratio = get_one.rps / ceiling.rps if ceiling.rps else 0
-        paired = statistics.median(g.rps / c.rps for c, g in pairs if c.rps)
+        shares = [g.rps / c.rps for c, g in pairs if c.rps]
+        paired = statistics.median(shares) if shares else 0.0
         rows.append(
             (
                 get_one,
