@@ -759,7 +759,8 @@ def main() -> None:
         filters = [
             "/v1/assets?asset_type=dataset&status=active&limit=50",
             "/v1/assets?status=deprecated&sort=created_at&order=asc&limit=50",
-            "/v1/assets?tag=team-7&limit=50",
+            # 1% of the assets (seed_assets tags every fourth with team-(i % 100)).
+            "/v1/assets?tag=team-8&limit=50",
             "/v1/assets?author=author-3&asset_type=model&limit=50",
             f"/v1/assets?created_after={day}T00:00:00Z&created_before={day}T06:00:00Z&limit=50",
             "/v1/assets?compliance=non_compliant&sort=name&limit=50",

@@ -27,6 +27,7 @@ STATUSES = ("pending", "validating", "active", "rejected", "deprecated", "archiv
 COMPLIANCE_STATUSES = ("compliant", "warning", "non_compliant", "unknown")
 CHECKSUM_ALGORITHMS = ("SHA256", "SHA3_256", "BLAKE3")
 LIVE = text("deleted_at IS NULL")  # not soft-deleted: what reads and lists show
+DELETED = text("deleted_at IS NOT NULL")
 # The versions a policy or test-suite run may pick (see latest_active_governance): few rows in
 # any registry, so every job's read of what is in force walks a tiny index, whatever the stats.
 GOVERNANCE_IN_FORCE = text(
@@ -87,6 +88,8 @@ class Asset(Base):
             postgresql_where=LIVE,
             sqlite_where=LIVE,
         ),
+        # The deleted assets (few): a list by one tag counts its tag's rows less these (0009).
+        Index("ix_assets_deleted_id", "id", postgresql_where=DELETED, sqlite_where=DELETED),
         Index(
             "ix_assets_governance_in_force",
             "asset_type",

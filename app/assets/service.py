@@ -469,6 +469,23 @@ def _escape_like(text: str) -> str:
     return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
 
+def _tagged_total(tag: str, include_deleted: bool) -> int:
+    """How many assets carry ``tag``, deleted ones only with ``include_deleted``: the tag's
+    rows in its index less those of deleted assets (a partial index of their ids, 0009), one
+    snapshot. Counting the live tagged assets directly looks each of them up (a 1% tag of 1M
+    assets: ~200 ms on PostgreSQL, against ~4 ms this way)."""
+    tagged = select(func.count()).select_from(AssetTag).where(AssetTag.tag == tag)
+    if include_deleted:
+        return int(db.session.scalar(tagged) or 0)
+    deleted = (
+        select(func.count())
+        .select_from(AssetTag)
+        .join(Asset, Asset.id == AssetTag.asset_id)
+        .where(AssetTag.tag == tag, Asset.deleted_at.is_not(None))
+    )
+    return int(db.session.scalar(select(tagged.scalar_subquery() - deleted.scalar_subquery())) or 0)
+
+
 # The list filters the live counts answer (any other filter, deleted ones included: COUNT).
 _COUNTED_FILTERS = frozenset({"asset_type", "status", "compliance"})
 _NOT_FILTERS = frozenset({"sort", "order", "limit", "cursor"})
@@ -516,12 +533,15 @@ def list_assets(args: Mapping[str, Any], actor: Identity, *, ids_only: bool = Fa
     if bound.get("tag"):
         bound["tag"] = sorted(set(bound["tag"]))  # the same filter however the tags are listed
     total = None
-    if {k for k, v in args.items() if v and k not in _NOT_FILTERS} <= _COUNTED_FILTERS:
+    filters = {k for k, v in args.items() if v and k not in _NOT_FILTERS}
+    if filters <= _COUNTED_FILTERS:
         # Filtered by type, status or compliance only (or nothing): the trigger-kept counts
         # know the total, which on a large table saves counting up to every row.
         total = live_asset_total(
             db.session, args.get("asset_type"), args.get("status"), args.get("compliance")
         )
+    elif "tag" in filters and filters <= {"tag", "include_deleted"} and len(bound["tag"]) == 1:
+        total = _tagged_total(bound["tag"][0], include_deleted="include_deleted" in filters)
     keys = _sort_keys(sort, order == "desc")
     if ids_only:
         stmt = stmt.with_only_columns(*dict.fromkeys(key.expression for key in keys))

@@ -434,3 +434,25 @@ def test_totals_from_the_live_counts_follow_every_change(dev, admin):
     assert listing(dev, compliance="compliant")["total"] == 1  # made[1] is deleted
     assert listing(dev)["total"] == 7
     assert listing(admin, include_deleted="true")["total"] == 8
+
+
+def test_totals_of_a_list_by_one_tag_leave_out_deleted_assets_and_follow_tag_changes(dev, admin):
+    # More matches than a page holds, so that the total is counted rather than seen.
+    tagged = [register(dev, f"x{i}", tags=["x", "y"] if i % 2 else ["x"]) for i in range(6)]
+    register(dev, "other", tags=["y"])
+    assert listing(dev, tag="x", limit=2)["total"] == 6
+    assert dev.delete(f"/v1/assets/{tagged[0]}").status_code == 204
+    assert dev.delete(f"/v1/assets/{tagged[1]}").status_code == 204
+    assert dev.patch(f"/v1/assets/{tagged[2]}", json={"tags": ["z"]}).status_code == 200
+    assert dev.patch(f"/v1/assets/{tagged[4]}", json={"tags": ["y", "x"]}).status_code == 200
+    assert sorted(all_pages(dev, tag="x", limit=2)) == sorted(tagged[3:])
+    assert listing(dev, tag="x", limit=2)["total"] == 3
+    assert listing(dev, tag="y", limit=2)["total"] == 4  # tagged[3], [4], [5] and other
+    assert listing(dev, tag=["x", "x"], limit=2)["total"] == 3
+    assert listing(admin, tag="x", limit=2, include_deleted="true")["total"] == 5
+    assert sorted(all_pages(admin, tag="x", limit=2, include_deleted="true")) == sorted(
+        tagged[:2] + tagged[3:]
+    )
+    set_columns(tagged[0], deleted_at=None)  # what an operator's undelete would do
+    assert listing(dev, tag="x", limit=2)["total"] == 4
+    assert listing(dev, tag="absent", limit=2)["total"] == 0
