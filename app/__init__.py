@@ -22,12 +22,18 @@ def _flask_config(settings: Settings) -> dict[str, Any]:
     # No pool_pre_ping: app.db.install_idle_ping pings only connections that sat idle.
     engine_options: dict[str, Any] = {}
     if str(settings.database_url).startswith("postgresql"):
-        # Fail fast (then 503) rather than hang when the database is unreachable.
+        # Fail fast (then 503) rather than hang when the database is unreachable. No parallel
+        # workers: the statements here are index-driven, and starting workers cost more than
+        # the scans they would share (a page of a 1% tag of 1M assets: 24 ms with two workers,
+        # 9 ms without), while taking cores from the other requests.
         engine_options.update(
             pool_size=10,
             max_overflow=10,
             pool_timeout=5,
-            connect_args={"connect_timeout": 3, "options": "-c statement_timeout=30000"},
+            connect_args={
+                "connect_timeout": 3,
+                "options": "-c statement_timeout=30000 -c max_parallel_workers_per_gather=0",
+            },
         )
     return {
         "SQLALCHEMY_DATABASE_URI": settings.database_url,

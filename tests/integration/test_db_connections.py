@@ -196,3 +196,15 @@ def test_gets_make_their_single_statement_writes_in_autocommit(
         if k["name"] == "conn"
     ]
     assert item["last_used_at"] is not None
+
+
+def test_sessions_start_no_parallel_workers_and_stop_a_statement_after_30_s(
+    committing_app: Flask,
+) -> None:
+    # Parallel workers cost a list page of a 1% tag more than they save (see _flask_config).
+    with committing_app.app_context(), db.engine.connect() as conn:
+        settings = conn.exec_driver_sql(
+            "SELECT current_setting('max_parallel_workers_per_gather'), "
+            "current_setting('statement_timeout')"
+        ).one()
+    assert tuple(settings) == ("0", "30s")
