@@ -158,12 +158,14 @@ def paginate(
     limit: int,
     cursor: str | None,
     bound_to: Mapping[str, Any],
-    total: int | None = None,
+    count: Callable[[], int | None] | None = None,
     as_rows: bool = False,
 ) -> Page[Any]:
-    """One page of ``stmt`` (already filtered) in ``keys`` order, plus the filtered total
-    (counted here unless the caller knows it). Items are ``stmt``'s first column (an entity),
-    or with ``as_rows`` its rows (columns named as the keys read them).
+    """One page of ``stmt`` (already filtered) in ``keys`` order, plus the filtered total:
+    none to count when the first page holds every match, else ``count()`` where the caller
+    knows a cheaper way than COUNT over ``stmt`` (COUNT when it returns None). Items are
+    ``stmt``'s first column (an entity), or with ``as_rows`` its rows (columns named as the
+    keys read them).
 
     The last key must be unique (the id) so that the order is total.
     """
@@ -175,14 +177,15 @@ def paginate(
     rows: list[Any] = (
         list(session.execute(page_stmt).all()) if as_rows else list(session.scalars(page_stmt))
     )
+    total = None
+    if not cursor and len(rows) <= limit:
+        total = len(rows)  # the first page holds every match: nothing left to count
+    elif count is not None:
+        total = count()
     if total is None:
-        if not cursor and len(rows) <= limit:
-            total = len(rows)  # the first page holds every match: nothing left to count
-        else:
-            total = (
-                session.scalar(select(func.count()).select_from(stmt.order_by(None).subquery()))
-                or 0
-            )
+        total = (
+            session.scalar(select(func.count()).select_from(stmt.order_by(None).subquery())) or 0
+        )
     next_cursor = None
     if len(rows) > limit:
         rows = rows[:limit]

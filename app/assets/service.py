@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-from collections.abc import Mapping, Sequence
+import functools
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, cast
 
 from sqlalchemy import (
@@ -532,16 +533,22 @@ def list_assets(args: Mapping[str, Any], actor: Identity, *, ids_only: bool = Fa
     bound["order"] = order
     if bound.get("tag"):
         bound["tag"] = sorted(set(bound["tag"]))  # the same filter however the tags are listed
-    total = None
+    count: Callable[[], int | None] | None = None  # how to know the total, if not COUNT
     filters = {k for k, v in args.items() if v and k not in _NOT_FILTERS}
     if filters <= _COUNTED_FILTERS:
         # Filtered by type, status or compliance only (or nothing): the trigger-kept counts
         # know the total, which on a large table saves counting up to every row.
-        total = live_asset_total(
-            db.session, args.get("asset_type"), args.get("status"), args.get("compliance")
+        count = functools.partial(
+            live_asset_total,
+            db.session,
+            args.get("asset_type"),
+            args.get("status"),
+            args.get("compliance"),
         )
     elif "tag" in filters and filters <= {"tag", "include_deleted"} and len(bound["tag"]) == 1:
-        total = _tagged_total(bound["tag"][0], include_deleted="include_deleted" in filters)
+        count = functools.partial(
+            _tagged_total, bound["tag"][0], include_deleted="include_deleted" in filters
+        )
     keys = _sort_keys(sort, order == "desc")
     if ids_only:
         stmt = stmt.with_only_columns(*dict.fromkeys(key.expression for key in keys))
@@ -552,7 +559,7 @@ def list_assets(args: Mapping[str, Any], actor: Identity, *, ids_only: bool = Fa
         limit=args["limit"],
         cursor=args.get("cursor"),
         bound_to=bound,
-        total=total,
+        count=count,
         as_rows=ids_only,
     )
 
